@@ -1,0 +1,1 @@
+"""Entity vocabulary, definitions, report labeler and the LLM harmoniser."""
