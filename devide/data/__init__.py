@@ -1,0 +1,1 @@
+"""Data: phantom generator, dataset adapters, image I/O, prepare-data."""

@@ -1,0 +1,1 @@
+"""Zero-shot evaluation: metrics, grounding, subgroup gaps, reports."""

@@ -1,0 +1,1 @@
+"""The Accelerate trainer."""
