@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from devide.config import StageConfig, config_hash, dump_resolved
+from devide.config import ConfigError, StageConfig, config_hash, dump_resolved
 from devide.log import stage_log_file
 
 MANIFEST = "manifest.json"
@@ -249,7 +249,11 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
         except BaseException as exc:
             manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                             seconds=round(time.perf_counter() - started, 3))
-            ctx.logger.error("stage %s failed: %s\n%s", stage.name, exc, traceback.format_exc())
+            # A user error (bad input) is reported in one line by the CLI; its traceback goes to the log file
+            # only. Anything else is a bug and keeps its traceback on the console too.
+            user_error = isinstance(exc, (StageError, ConfigError))
+            ctx.logger.log(logging.DEBUG if user_error else logging.ERROR, "stage %s failed: %s\n%s",
+                           stage.name, exc, traceback.format_exc())
             write_json_atomic(partial / MANIFEST, manifest)
             raise
         ctx.logger.info("stage %s finished in %.1f s", stage.name, time.perf_counter() - started)

@@ -1,0 +1,172 @@
+"""`devide push`: the exact dry-run contents, every refusal, the card's metadata, the upload at the HfApi
+boundary, and the token never written anywhere.
+
+The upload is tested with the client replaced at the ``HfApi`` boundary (a recording fake passed to
+``upload``): the Hub's commit protocol (pre-upload, LFS/Xet negotiation, NDJSON commits) is huggingface_hub's
+own, tested by that project; what is ours is which calls we make, with which arguments and which folder.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import save_file
+
+from devide import cli
+from devide.config import ConfigError, load_config
+from devide.hub import STAGE, PushConfig, select_files, upload
+from devide.stage import StageError, execute_stage
+
+TOKEN = "hf_TestTokenThatMustNeverLeak123"
+
+
+@pytest.fixture(autouse=True)
+def hf_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "devide", "entities": ["pneumothorax", "pleural_effusion"],
+        "vision_model_name": "google/vit-base-patch16-224", "text_model_name": "/local/minilm", "hidden": 8}))
+    (folder / "preprocessor_config.json").write_text("{}")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    (folder / "knowledge.json").write_text(json.dumps({"pneumothorax": ["A visceral pleural line."]}))
+    (folder / "modeling_devide.py").write_text("# remote code\n")
+    return folder
+
+
+@pytest.fixture
+def eval_dir(tmp_path) -> Path:
+    folder = tmp_path / "eval-chestxray14"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({
+        "dataset": "chestxray14", "split": "test",
+        "macro_auc": {"value": 0.8123, "ci_low": 0.79, "ci_high": 0.83},
+        "per_class": {"pneumothorax": {"auc": {"value": 0.9, "ci_low": 0.85, "ci_high": 0.94}}},
+    }))
+    return folder
+
+
+def dry_run(model_dir: Path, out: Path, **extra) -> Path:
+    cfg = load_config(PushConfig, overrides={"model": str(model_dir), "dry_run": str(out), **extra})
+    execute_stage(STAGE, cfg)
+    return out / "upload"
+
+
+def test_dry_run_folder_holds_exactly_the_allowed_files(model_dir, eval_dir, tmp_path):
+    upload_dir = dry_run(model_dir, tmp_path / "dry", eval_results=[str(eval_dir)])
+    names = sorted(p.relative_to(upload_dir).as_posix() for p in upload_dir.rglob("*") if p.is_file())
+    assert names == sorted([
+        "README.md", "config.json", "eval/eval-chestxray14.json", "knowledge.json", "model.safetensors",
+        "modeling_devide.py", "preprocessor_config.json", "tokenizer.json", "vocab.txt",
+    ])
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("optimizer.bin", b"x", "optimizer state"),
+    ("scheduler.bin", b"x", "scheduler state"),
+    ("random_states_0.pkl", b"x", "RNG state"),
+    ("pytorch_model.bin", b"x", "pickle-based weights"),
+    ("data-00000-of-00001.arrow", b"x", "training data"),
+    ("s50414267.txt", b" FINDINGS: no effusion.", "report"),
+    ("cxr.jpg", b"\xff\xd8\xff", "image"),
+    ("notes.docx", b"x", "unexpected file"),
+    ("generation_config.json", TOKEN.encode(), "contains the Hugging Face token"),
+])
+def test_each_refusal_stops_the_push_with_its_reason(model_dir, tmp_path, name, content, reason):
+    (model_dir / name).write_bytes(content)
+    with pytest.raises(StageError) as info:
+        dry_run(model_dir, tmp_path / "dry")
+    assert name in str(info.value) and reason in str(info.value)
+    assert TOKEN not in str(info.value)
+    assert not (tmp_path / "dry").exists()
+
+
+def test_oversized_and_missing_weights_are_refused(model_dir):
+    _, refused = select_files(model_dir, None, max_file_mb=0.00001)
+    assert any("exceeds" in r.reason for r in refused)
+    (model_dir / "model.safetensors").unlink()
+    _, refused = select_files(model_dir, None, max_file_mb=100)
+    assert [r.reason for r in refused] == ["no safetensors weights in the model folder"]
+
+
+def test_card_metadata_parses_and_carries_results(model_dir, eval_dir, tmp_path):
+    upload_dir = dry_run(model_dir, tmp_path / "dry", eval_results=[str(eval_dir)], repo_id="org/devide-demo")
+    card = ModelCard.load(upload_dir / "README.md")
+    data = card.data
+    assert data.pipeline_tag == "zero-shot-image-classification"
+    assert data.base_model == ["google/vit-base-patch16-224"]  # the local text path is not a hub id
+    assert data.eval_results[0].metric_value == pytest.approx(0.8123)
+    assert data.eval_results[0].dataset_name == "chestxray14"
+    assert "Not for clinical use" in card.text and "2404.03618" in card.text
+    assert 'AutoModel.from_pretrained("org/devide-demo", trust_remote_code=True)' in card.text
+    assert "0.812 (0.790–0.830)" in card.text
+
+
+def test_token_never_written_anywhere(model_dir, eval_dir, tmp_path):
+    out = tmp_path / "dry"
+    dry_run(model_dir, out, eval_results=[str(eval_dir)], repo_id="org/name")
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi at the boundary; records calls and the uploaded files."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.uploaded: list[str] = []
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        self.calls.append(("create_repo", repo_id, private, exist_ok))
+
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        self.calls.append(("create_branch", repo_id, branch, exist_ok))
+
+    def upload_folder(self, repo_id, folder_path, revision=None, commit_message=None):
+        self.calls.append(("upload_folder", repo_id, revision))
+        self.uploaded = sorted(p.name for p in Path(folder_path).rglob("*") if p.is_file())
+        return type("CommitInfo", (), {"commit_url": f"https://hub.test/{repo_id}/commit/abc"})()
+
+
+def test_upload_calls_create_repo_branch_and_upload_folder(model_dir, tmp_path):
+    upload_dir = dry_run(model_dir, tmp_path / "dry")
+    cfg = load_config(PushConfig, overrides={"model": str(model_dir), "repo_id": "org/name",
+                                             "private": True, "revision": "v1"})
+    api = RecordingHfApi()
+    url = upload(cfg, upload_dir, TOKEN, api)
+    assert url == "https://hub.test/org/name/commit/abc"
+    assert api.calls == [("create_repo", "org/name", True, True), ("create_branch", "org/name", "v1", True),
+                         ("upload_folder", "org/name", "v1")]
+    assert "optimizer.bin" not in api.uploaded and "model.safetensors" in api.uploaded
+
+
+def test_upload_without_token_is_a_clear_error(model_dir, tmp_path):
+    cfg = load_config(PushConfig, overrides={"model": str(model_dir), "repo_id": "org/name"})
+    with pytest.raises(StageError, match="HF_TOKEN"):
+        upload(cfg, tmp_path, None, RecordingHfApi())
+
+
+def test_config_requires_repo_id_or_dry_run(model_dir):
+    with pytest.raises(ConfigError, match="repo_id is required"):
+        load_config(PushConfig, overrides={"model": str(model_dir)})
+    with pytest.raises(ConfigError, match="ORG/NAME"):
+        load_config(PushConfig, overrides={"model": str(model_dir), "repo_id": "no-slash"})
+
+
+def test_cli_dry_run_and_refusal_exit_codes(model_dir, tmp_path, capsys):
+    assert cli.main(["push", "--model", str(model_dir), "--dry-run", str(tmp_path / "d1")]) == 0
+    (model_dir / "optimizer.bin").write_bytes(b"x")
+    assert cli.main(["push", "--model", str(model_dir), "--dry-run", str(tmp_path / "d2")]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.bin (optimizer state)" in err and len(err.strip().splitlines()) == 1
