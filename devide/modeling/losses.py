@@ -1,0 +1,173 @@
+"""The four DeViDe loss terms as pure functions of tensors (each equation is written out in docs/method.md).
+
+Label codes (shared contract): 1 present, 0 absent, -1 uncertain, -100 not mentioned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+PRESENT, ABSENT, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -100
+VALID_LABELS = (PRESENT, ABSENT, UNCERTAIN, NOT_MENTIONED)
+
+
+def check_labels(labels: torch.Tensor, num_entities: int) -> None:
+    """Raise ValueError (one line) unless ``labels`` is an integer [B, E] tensor of the four label codes."""
+    if labels.dim() != 2 or labels.shape[1] != num_entities:
+        raise ValueError(f"labels must have shape [B, {num_entities}] (config.entities order), got {list(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor (1/0/-1/-100), got {labels.dtype}")
+    bad = ~torch.isin(labels, torch.tensor(VALID_LABELS, device=labels.device))
+    if bad.any():
+        raise ValueError(f"labels contain codes outside {VALID_LABELS}: {sorted(set(labels[bad].tolist()))[:5]}")
+
+
+def bce_targets(labels: torch.Tensor, uncertain_policy: str = "ignore",
+                soft_target: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets and mask for L_bce. labels [B, E] -> (targets float [B, E], mask bool [B, E]).
+
+    Not mentioned (-100) is always masked. Uncertain (-1): ``ignore`` masks it, ``positive`` -> 1 (U-Ones),
+    ``negative`` -> 0 (U-Zeros), ``soft`` -> ``soft_target``.
+    """
+    targets = (labels == PRESENT).float()
+    mask = (labels == PRESENT) | (labels == ABSENT)
+    uncertain = labels == UNCERTAIN
+    if uncertain_policy == "ignore":
+        return targets, mask
+    fill = {"positive": 1.0, "negative": 0.0, "soft": soft_target}.get(uncertain_policy)
+    if fill is None:
+        raise ValueError(f"unknown uncertain_policy {uncertain_policy!r}")
+    return torch.where(uncertain, torch.full_like(targets, fill), targets), mask | uncertain
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, uncertain_policy: str = "ignore",
+               soft_target: float = 0.5) -> torch.Tensor:
+    """L_bce: mean binary cross-entropy over the (image, entity) pairs the report mentions.
+
+    logits, labels: [B, E]. Returns a scalar; 0 (still attached to the graph) when nothing is mentioned.
+    """
+    targets, mask = bce_targets(labels, uncertain_policy, soft_target)
+    per_pair = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    return (per_pair * mask).sum() / mask.sum().clamp_min(1)
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows of ``x`` [B_r, ...] concatenated in rank order, with gradient flowing back to each rank.
+
+    Returns (gathered [sum_r B_r, ...], offset of this rank's rows). Batches of unequal size (a last partial
+    batch) are padded for the collective and trimmed after. Single process: (x, 0), no communication.
+    """
+    if not _distributed():
+        return x, 0
+    import torch.distributed.nn.functional as dist_nn
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes_list = [int(s.item()) for s in sizes]
+    longest = max(sizes_list)
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, longest - x.shape[0])) if x.shape[0] < longest else x
+    parts = dist_nn.all_gather(padded)
+    gathered = torch.cat([part[:n] for part, n in zip(parts, sizes_list)], dim=0)
+    return gathered, sum(sizes_list[:rank])
+
+
+def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_itc: symmetric InfoNCE between L2-normalised global image and report embeddings.
+
+    image_embeds, text_embeds: [B, d] (this process's rows); logit_scale: scalar (already exponentiated);
+    valid: bool [B] (rows without a report are neither anchors nor negatives). Negatives are gathered from
+    every process (with gradient). Each process's loss covers its own anchors against all gathered
+    candidates, so averaging the gradients over processes (DDP) gives the gradient of the global loss.
+    Returns (loss scalar, logits_per_image [B, B_all]).
+    """
+    if valid is None:
+        valid = torch.ones(image_embeds.shape[0], dtype=torch.bool, device=image_embeds.device)
+    all_images, offset = gather_with_grad(image_embeds)
+    all_texts, _ = gather_with_grad(text_embeds)
+    all_valid, _ = gather_with_grad(valid.float().unsqueeze(1))
+    all_valid = all_valid.squeeze(1) > 0.5
+    targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+    blocked = torch.finfo(torch.float32).min
+    logits_i2t = (logit_scale * image_embeds.float() @ all_texts.float().T).masked_fill(~all_valid, blocked)
+    logits_t2i = (logit_scale * text_embeds.float() @ all_images.float().T).masked_fill(~all_valid, blocked)
+    rows = valid.float()
+    loss_i2t = (F.cross_entropy(logits_i2t, targets, reduction="none") * rows).sum()
+    loss_t2i = (F.cross_entropy(logits_t2i, targets, reduction="none") * rows).sum()
+    return (loss_i2t + loss_t2i) / (2 * rows.sum().clamp_min(1)), logits_i2t
+
+
+# ---------------------------------------------------------------------------------------------- multi-positive
+def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor,
+                       candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-positive InfoNCE: mean over anchors of -mean_{p in P(a)} log softmax(logits[a])[p].
+
+    logits: [A, M]; positives: bool [A, M]; candidates: bool [A, M] (columns allowed in the softmax; positives
+    are always candidates). Anchors without a positive are skipped; returns 0 (attached) when none is left.
+    """
+    if candidates is not None:
+        logits = logits.masked_fill(~(candidates | positives), torch.finfo(logits.dtype).min)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    counts = positives.sum(1)
+    keep = counts > 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    per_anchor = -(log_prob * positives).sum(1)[keep] / counts[keep]
+    return per_anchor.mean()
+
+
+def tnc_loss(entity_embeds: torch.Tensor, labels: torch.Tensor, description_embeds: torch.Tensor,
+             description_owner: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """L_tnc through the multi-label projection layer.
+
+    entity_embeds: [B, E, d] normalised per-entity projections of each image; labels: [B, E];
+    description_embeds: [M, d] normalised description sentences; description_owner: long [M] entity index of
+    each sentence. Anchor = (image b, entity e) with labels[b, e] == 1; its positives are all sentences of e, its
+    negatives every sentence of any other entity (absent, not mentioned or also present in b).
+    """
+    anchor_b, anchor_e = torch.nonzero(labels == PRESENT, as_tuple=True)
+    if anchor_b.numel() == 0:
+        return entity_embeds.sum() * 0.0
+    anchors = entity_embeds[anchor_b, anchor_e].float()  # [A, d]
+    logits = logit_scale * anchors @ description_embeds.float().T  # [A, M]
+    positives = description_owner.unsqueeze(0) == anchor_e.unsqueeze(1)
+    return multi_positive_nce(logits, positives)
+
+
+def patch_sentence_scores(patch_embeds: torch.Tensor, sentence_embeds: torch.Tensor,
+                          gamma: float) -> torch.Tensor:
+    """Image-sentence score as a smooth maximum over patches: (1/γ)·log Σ_n exp(γ·cos(p_n, s)).
+
+    patch_embeds: [B, N, d] normalised; sentence_embeds: [S, d] normalised -> [S, B].
+    """
+    sims = torch.einsum("bnd,sd->sbn", patch_embeds.float(), sentence_embeds.float())
+    return torch.logsumexp(gamma * sims, dim=-1) / gamma
+
+
+def pta_loss(patch_embeds: torch.Tensor, labels: torch.Tensor, description_embeds: torch.Tensor,
+             description_owner: torch.Tensor, logit_scale: torch.Tensor, gamma: float) -> torch.Tensor:
+    """L_pta: patch tokens <-> description sentences of present entities (text-to-image, multi-positive).
+
+    Anchor = each description sentence s of an entity present in at least one image of the batch. Candidates
+    are the images whose label for that entity is certain (1 or 0); positives those where it is 1. Shapes as
+    in ``tnc_loss``; patch_embeds [B, N, d].
+    """
+    present_entities = (labels == PRESENT).any(0)  # [E]
+    keep = present_entities[description_owner]  # [M]
+    if not keep.any():
+        return patch_embeds.sum() * 0.0
+    owner = description_owner[keep]
+    scores = patch_sentence_scores(patch_embeds, description_embeds[keep], gamma)  # [S, B]
+    entity_labels = labels.T[owner]  # [S, B]
+    positives = entity_labels == PRESENT
+    candidates = positives | (entity_labels == ABSENT)
+    return multi_positive_nce(logit_scale * scores, positives, candidates)

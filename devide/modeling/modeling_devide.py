@@ -1,0 +1,585 @@
+"""DevideModel: image and text towers, knowledge retrieval, cross-view fusion, presence head, multi-label
+projection layer and the four losses L = L_bce + L_itc + L_tnc + α·L_pta (docs/method.md has the equations).
+
+Shapes used throughout: B images, E entities (``config.entities`` order), K knowledge sentences per entity
+(padded), N patch tokens on an h x w grid, d = ``config.embed_dim``, d_v / d_t the tower widths.
+Only relative imports within this folder, so ``save_pretrained`` can copy the code next to the weights.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_devide import DevideConfig, resolve_text_model
+from .losses import check_labels, itc_loss, masked_bce, pta_loss, tnc_loss
+from .processing_devide import DevideImageProcessor
+from .text_cache import TextTower, load_pretrained_encoder
+
+logger = logging.getLogger(__name__)
+KNOWLEDGE_FILE = "knowledge.json"
+# True while ``from_pretrained`` builds the model: the saved weights replace the towers, so no tower download.
+_LOADING_SAVED_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("devide_loading", default=False)
+
+
+@dataclass
+class DevideOutput(ModelOutput):
+    """Output of ``DevideModel.forward``. A loss term is ``None`` when switched off or not computable.
+
+    loss: scalar total; loss_bce / loss_itc / loss_tnc / loss_pta: the unweighted terms (scalars).
+    logits: [B, E] presence logits. image_embeds: [B, d] normalised global image embedding.
+    text_embeds: [B, d] normalised report embeddings (when report_texts given). entity_embeds: [B, E, d]
+    normalised outputs of the multi-label projection layer. patch_embeds: [B, N, d] normalised local
+    embeddings. cross_attentions: [B, E, h, w] last fusion layer's cross-attention (mean over heads).
+    sentence_weights: [B, E, K] knowledge-retrieval weights (0 on padding). logits_per_image: [B, B_all].
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_bce: torch.FloatTensor | None = None
+    loss_itc: torch.FloatTensor | None = None
+    loss_tnc: torch.FloatTensor | None = None
+    loss_pta: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    entity_embeds: torch.FloatTensor | None = None
+    patch_embeds: torch.FloatTensor | None = None
+    cross_attentions: torch.FloatTensor | None = None
+    sentence_weights: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+
+
+@dataclass
+class PredictOutput(ModelOutput):
+    """Zero-shot output for K queried entities/descriptions.
+
+    names: list[str] (K). probs / logits: [B, K] presence probability / logit. similarity: [B, K] cosine of the
+    multi-label projection with the mean of the entity's description embeddings. grounding: [B, K, h, w]
+    cross-attention maps (each sums to 1). sentence_weights: [B, K, K_max]; sentences: list of K lists.
+    """
+
+    probs: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    similarity: torch.FloatTensor | None = None
+    grounding: torch.FloatTensor | None = None
+    sentence_weights: torch.FloatTensor | None = None
+    names: list[str] | None = None
+    sentences: list[list[str]] | None = None
+
+
+@dataclass
+class PackedKnowledge:
+    """Entity queries and their knowledge sentences as text, ready to embed.
+
+    names: E query texts; sentences: flat list of all sentences; owner: long [M] entity index per sentence;
+    slot: long [M] position within its entity (< K).
+    """
+
+    names: list[str]
+    per_entity: list[list[str]]
+    sentences: list[str]
+    owner: torch.Tensor
+    slot: torch.Tensor
+    max_sentences: int
+
+
+def pack_knowledge(names: Sequence[str], per_entity: Sequence[Sequence[str]]) -> PackedKnowledge:
+    """An entity without sentences uses its own name as its single sentence."""
+    lists = [list(sents) if sents else [name] for name, sents in zip(names, per_entity)]
+    owner = [e for e, sents in enumerate(lists) for _ in sents]
+    slot = [k for sents in lists for k in range(len(sents))]
+    return PackedKnowledge(list(names), lists, [s for sents in lists for s in sents],
+                           torch.tensor(owner, dtype=torch.long), torch.tensor(slot, dtype=torch.long),
+                           max(len(s) for s in lists))
+
+
+# ============================================================================================ building blocks
+class VisionTower(nn.Module):
+    """Any transformers vision backbone -> (patch tokens [B, N, d_v], global token [B, d_v], grid (h, w))."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        try:
+            self.backbone = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            self.backbone = AutoModel.from_config(config)
+        self.num_channels = int(getattr(config, "num_channels", 3))
+        sizes = getattr(config, "hidden_sizes", None)
+        self.hidden_size = int(sizes[-1] if sizes else config.hidden_size)
+
+    def adapt_channels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Greyscale handling: 1 -> 3 channels by replication, 3 -> 1 by averaging."""
+        channels = pixel_values.shape[1]
+        if channels == self.num_channels:
+            return pixel_values
+        if channels == 1:
+            return pixel_values.expand(-1, self.num_channels, -1, -1)
+        if self.num_channels == 1 and channels == 3:
+            return pixel_values.mean(1, keepdim=True)
+        raise ValueError(f"pixel_values has {channels} channels; the vision tower expects {self.num_channels}")
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        outputs = self.backbone(pixel_values=self.adapt_channels(pixel_values))
+        hidden = outputs.last_hidden_state
+        pooled = getattr(outputs, "pooler_output", None)
+        if hidden.dim() == 4:  # CNN feature map [B, C, h, w]
+            h, w = hidden.shape[-2:]
+            patches = hidden.flatten(2).transpose(1, 2)
+            glob = pooled.flatten(1) if pooled is not None else patches.mean(1)
+            return patches, glob, (h, w)
+        side = math.isqrt(hidden.shape[1])
+        prefix = hidden.shape[1] - side * side  # CLS (+ register) tokens before a square patch grid
+        patches = hidden[:, prefix:]
+        if pooled is not None:
+            glob = pooled
+        else:
+            glob = hidden[:, 0] if prefix > 0 else patches.mean(1)
+        return patches, glob, (side, side)
+
+
+class KnowledgeRetrieval(nn.Module):
+    """Image-conditioned attention over each entity's knowledge sentences.
+
+    u = W_u g + n_e;  a_k = u·W_k s_k / sqrt(d);  w = softmax_k(a) (padding masked);  q_e = LN(n_e + W_o Σ_k w_k s_k).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.image_query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.scale = dim ** -0.5
+
+    def forward(self, global_embed: torch.Tensor, name_embeds: torch.Tensor, sentence_embeds: torch.Tensor,
+                sentence_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """global_embed [B, d]; name_embeds [E, d]; sentence_embeds [E, K, d]; sentence_mask bool [E, K]
+        -> (queries [B, E, d], weights [B, E, K])."""
+        query = self.image_query(global_embed)[:, None, :] + name_embeds[None]  # [B, E, d]
+        scores = torch.einsum("bed,ekd->bek", query, self.key(sentence_embeds)) * self.scale
+        scores = scores.masked_fill(~sentence_mask[None], torch.finfo(scores.dtype).min)
+        weights = scores.softmax(-1)
+        retrieved = torch.einsum("bek,ekd->bed", weights, self.value(sentence_embeds))
+        return self.norm(name_embeds[None] + self.out(retrieved)), weights
+
+
+class FusionLayer(nn.Module):
+    """Pre-norm transformer decoder layer: [self-attention] -> cross-attention to patches (SDPA) -> FFN."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, self_attention: bool) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if self_attention else None
+        self.norm_self = nn.LayerNorm(dim) if self_attention else None
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_memory = nn.LayerNorm(dim)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # [B, H, T, d_h]
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor,
+                return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """queries [B, E, d]; memory (patch tokens) [B, N, d] -> (queries [B, E, d], attention [B, E, N] | None)."""
+        if self.self_attn is not None:
+            x = self.norm_self(queries)
+            queries = queries + self.drop(self.self_attn(x, x, x, need_weights=False)[0])
+        q = self._split(self.q_proj(self.norm_query(queries)))
+        mem = self.norm_memory(memory)
+        k, v = self._split(self.k_proj(mem)), self._split(self.v_proj(mem))
+        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        b, _, e, _ = attended.shape
+        queries = queries + self.drop(self.o_proj(attended.transpose(1, 2).reshape(b, e, -1)))
+        queries = queries + self.drop(self.ffn(self.norm_ffn(queries)))
+        attention = None
+        if return_attention:  # SDPA does not expose its weights: recompute them (E x N is small)
+            attention = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1).mean(1)
+        return queries, attention
+
+
+class CrossViewFusion(nn.Module):
+    """Entity queries attend to patch tokens through ``layers`` decoder layers; returns the last layer's map."""
+
+    def __init__(self, dim: int, layers: int, heads: int, ffn_dim: int, dropout: float, self_attention: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(FusionLayer(dim, heads, ffn_dim, dropout, self_attention) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries [B, E, d], memory [B, N, d] -> (outputs [B, E, d], cross-attention [B, E, N])."""
+        attention = None
+        for index, layer in enumerate(self.layers):
+            queries, attention = layer(queries, memory, return_attention=index == len(self.layers) - 1)
+        return self.norm(queries), attention
+
+
+class LogitScale(nn.Module):
+    """A learnable temperature exp(s), clamped at ``maximum`` (CLIP)."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        super().__init__()
+        self.initial, self.maximum = initial, maximum
+        self.value = nn.Parameter(torch.tensor(float(initial)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value.clamp(max=self.maximum).exp()
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+# ============================================================================================ the model
+class DevideModel(PreTrainedModel):
+    """DeViDe: knowledge-augmented chest-radiograph vision-language model (see docs/method.md).
+
+    ``DevideModel(config)`` loads the pretrained text tower (``config.text_model_name_or_path``, default the
+    shipped MiniLM) and, when ``config.vision_model_name_or_path`` is set, the pretrained vision backbone;
+    ``DevideModel.from_pretrained(folder)`` restores a saved model (weights, knowledge, tokenizer) instead.
+    Knowledge sentences: ``model.set_knowledge({entity_id: [sentences]})``.
+    """
+
+    config_class = DevideConfig
+    base_model_prefix = "devide"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _supports_sdpa = True
+
+    def __init__(self, config: DevideConfig, load_pretrained_towers: bool | None = None) -> None:
+        super().__init__(config)
+        dim = config.embed_dim
+        self.vision = VisionTower(config.vision_tower_config())
+        self.text = TextTower(config.text_tower_config(), config.text_pooling, config.text_cache_size)
+        self.patch_proj = nn.Linear(self.vision.hidden_size, dim)
+        self.global_proj = nn.Linear(self.vision.hidden_size, dim)
+        self.text_proj = nn.Linear(self.text.hidden_size, dim)
+        self.retrieval = KnowledgeRetrieval(dim)
+        self.fusion = CrossViewFusion(dim, config.fusion_layers, config.fusion_heads, config.fusion_ffn_dim,
+                                      config.fusion_dropout, config.fusion_self_attention)
+        self.presence_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.label_projection = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))  # multi-label projection
+        self.local_proj = nn.Linear(dim, dim)
+        self.itc_scale = LogitScale(config.logit_scale_init, config.logit_scale_max)
+        self.tnc_scale = LogitScale(config.logit_scale_init, config.logit_scale_max)
+        self.pta_scale = LogitScale(config.logit_scale_init, config.logit_scale_max)
+        self._tokenizer = None
+        self._tokenizer_source: str | None = None
+        self.knowledge: dict[str, list[str]] = {}
+        self._packed_cache: tuple | None = None
+        self.post_init()
+        if load_pretrained_towers is None:
+            load_pretrained_towers = not _LOADING_SAVED_MODEL.get()
+        if load_pretrained_towers:
+            self._load_pretrained_towers()
+        self.apply_freezing()
+        # Weights replaced by load_state_dict invalidate cached sentence embeddings.
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_text_cache())
+
+    # ------------------------------------------------------------------ setup
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LogitScale):
+            init.constant_(module.value, module.initial)
+
+    def _load_pretrained_towers(self) -> None:
+        """Replace the randomly initialised towers by pretrained weights (text always; vision when named)."""
+        text_path = resolve_text_model(self.config.text_model_name_or_path)
+        self.text.encoder = load_pretrained_encoder(text_path)
+        self._tokenizer_source = text_path
+        if self.config.vision_model_name_or_path:
+            self.vision.backbone = load_pretrained_encoder(self.config.vision_model_name_or_path)
+
+    def apply_freezing(self) -> None:
+        """Frozen towers get ``requires_grad=False`` (and the text tower stays in eval mode: no dropout)."""
+        for parameter in self.text.parameters():
+            parameter.requires_grad_(not self.config.freeze_text)
+        for parameter in self.vision.parameters():
+            parameter.requires_grad_(not self.config.freeze_vision)
+
+    def train(self, mode: bool = True) -> "DevideModel":
+        super().train(mode)
+        if self.config.freeze_text:
+            self.text.eval()
+        return self
+
+    @property
+    def tokenizer(self):
+        """The text tower's tokenizer (saved with the model; loaded lazily)."""
+        if self._tokenizer is None:
+            source = self._tokenizer_source or resolve_text_model(self.config.text_model_name_or_path)
+            self._tokenizer = AutoTokenizer.from_pretrained(source)
+        return self._tokenizer
+
+    def clear_text_cache(self) -> None:
+        self.text.cache.clear()
+        self._packed_cache = None
+
+    # ------------------------------------------------------------------ knowledge
+    def set_knowledge(self, knowledge: Mapping[str, Sequence[str]]) -> None:
+        """Knowledge sentences per entity id ({entity_id: [sentences]}); saved as knowledge.json.
+
+        Entities of ``config.entities`` without knowledge use their name as their only sentence; ids outside
+        ``config.entities`` are kept for zero-shot ``predict``. Sentences are de-duplicated (order kept) and
+        capped at ``config.max_sentences_per_entity``.
+        """
+        cleaned: dict[str, list[str]] = {}
+        for entity, sentences in knowledge.items():
+            if isinstance(sentences, str):
+                raise ValueError(f"knowledge for {entity!r} must be a list of sentences, not a string")
+            unique = list(dict.fromkeys(s.strip() for s in sentences if s and s.strip()))
+            cleaned[str(entity)] = unique[: self.config.max_sentences_per_entity]
+        missing = [e for e in self.config.entities if not cleaned.get(e)]
+        if missing:
+            logger.info("no knowledge sentences for %d entities (their name is used): %s", len(missing),
+                        ", ".join(missing[:10]))
+        self.knowledge = cleaned
+        self._packed_cache = None
+
+    def _training_knowledge(self) -> PackedKnowledge:
+        entities = self.config.entities
+        return pack_knowledge([self.config.entity_name(e) for e in entities],
+                              [self.knowledge.get(e, []) for e in entities])
+
+    # ------------------------------------------------------------------ text
+    def _tokenize_and_encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Run the text tower on ``texts`` (in chunks of 256) -> [n, d_t]."""
+        device = self.text_proj.weight.device
+        outputs = []
+        for start in range(0, len(texts), 256):
+            batch = self.tokenizer(list(texts[start:start + 256]), padding=True, truncation=True,
+                                   max_length=self.config.text_max_length, return_tensors="pt").to(device)
+            outputs.append(self.text(batch["input_ids"], batch["attention_mask"]))
+        return torch.cat(outputs).float()
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Tower embeddings [n, d_t]: from the cache when the text tower is frozen, with gradient otherwise."""
+        device = self.text_proj.weight.device
+        if self.config.freeze_text:
+            return self.text.encode_cached(texts, self._tokenize_and_encode, device)
+        return self._tokenize_and_encode(texts)
+
+    def get_text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Normalised text embeddings in the joint space: [n, d]."""
+        return _normalize(self.text_proj(self.encode_text(texts)))
+
+    def _embed_knowledge(self, packed: PackedKnowledge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (name embeds [E, d], sentence embeds [E, K, d] (zero padded), sentence mask bool [E, K])."""
+        key = (tuple(packed.names), tuple(packed.sentences))
+        if self.config.freeze_text and self._packed_cache is not None and self._packed_cache[0] == key:
+            tower_names, tower_sentences = self._packed_cache[1]
+        else:
+            tower = self.encode_text(packed.names + packed.sentences)
+            tower_names, tower_sentences = tower[: len(packed.names)], tower[len(packed.names):]
+            if self.config.freeze_text:
+                self._packed_cache = (key, (tower_names, tower_sentences))
+        names = self.text_proj(tower_names)
+        flat = self.text_proj(tower_sentences)  # [M, d]
+        device = flat.device
+        owner, slot = packed.owner.to(device), packed.slot.to(device)
+        num_entities = len(packed.names)
+        sentences = flat.new_zeros(num_entities, packed.max_sentences, flat.shape[-1])
+        sentences = sentences.index_put((owner, slot), flat)
+        mask = torch.zeros(num_entities, packed.max_sentences, dtype=torch.bool, device=device)
+        mask[owner, slot] = True
+        return names, sentences, mask
+
+    # ------------------------------------------------------------------ image
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """pixel_values [B, C, H, W] -> (patch tokens [B, N, d], global [B, d], grid (h, w)) in the joint width."""
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be [B, C, H, W], got shape {list(pixel_values.shape)}")
+        patches, glob, grid = self.vision(pixel_values.to(self.patch_proj.weight.dtype))
+        return self.patch_proj(patches), self.global_proj(glob), grid
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised global image embeddings [B, d] (the L_itc image side)."""
+        return _normalize(self.encode_image(pixel_values)[1])
+
+    def _entity_pass(self, patches: torch.Tensor, glob: torch.Tensor, packed: PackedKnowledge) -> dict:
+        """Knowledge retrieval + cross-view fusion + heads for the entities in ``packed``."""
+        names, sentences, mask = self._embed_knowledge(packed)
+        queries, weights = self.retrieval(glob, names, sentences, mask)
+        fused, attention = self.fusion(queries, patches)
+        return dict(logits=self.presence_head(fused).squeeze(-1).float(),
+                    entity_embeds=_normalize(self.label_projection(fused)),
+                    attention=attention, weights=weights, sentences=sentences, sentence_mask=mask)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                report_texts: Sequence[str | None] | None = None, return_loss: bool = True) -> DevideOutput:
+        """pixel_values [B, C, H, W]; labels long [B, E] (1/0/-1/-100, ``config.entities`` order);
+        report_texts: B strings (None/empty = no report: excluded from L_itc). Returns ``DevideOutput``."""
+        cfg = self.config
+        batch = pixel_values.shape[0]
+        if labels is not None:
+            check_labels(labels, len(cfg.entities))
+        if report_texts is not None and len(report_texts) != batch:
+            raise ValueError(f"report_texts has {len(report_texts)} entries for {batch} images")
+        patches, glob, grid = self.encode_image(pixel_values)
+        packed = self._training_knowledge()
+        heads = self._entity_pass(patches, glob, packed)
+        image_embeds = _normalize(glob)
+        patch_embeds = _normalize(self.local_proj(patches))
+        output = DevideOutput(
+            logits=heads["logits"], image_embeds=image_embeds, entity_embeds=heads["entity_embeds"],
+            patch_embeds=patch_embeds, cross_attentions=heads["attention"].reshape(batch, -1, *grid),
+            sentence_weights=heads["weights"])
+        if report_texts is not None:
+            valid = torch.tensor([bool(t and t.strip()) for t in report_texts], device=pixel_values.device)
+            output.text_embeds = self.get_text_features([t if t and t.strip() else "" for t in report_texts])
+            if return_loss and cfg.use_itc:
+                output.loss_itc, output.logits_per_image = itc_loss(image_embeds, output.text_embeds,
+                                                                    self.itc_scale(), valid)
+        if return_loss and labels is not None:
+            self._label_losses(output, heads, labels, packed)
+        if return_loss:
+            output.loss = self._total(output)
+        return output
+
+    def _label_losses(self, output: DevideOutput, heads: dict, labels: torch.Tensor, packed: PackedKnowledge) -> None:
+        cfg = self.config
+        if cfg.use_bce:
+            output.loss_bce = masked_bce(heads["logits"], labels, cfg.uncertain_policy, cfg.uncertain_soft_target)
+        if cfg.use_tnc or cfg.use_pta:
+            descriptions = _normalize(heads["sentences"][heads["sentence_mask"]])  # [M, d], entity-major order
+            owner = torch.nonzero(heads["sentence_mask"], as_tuple=True)[0]
+            if cfg.use_tnc:
+                output.loss_tnc = tnc_loss(heads["entity_embeds"], labels, descriptions, owner, self.tnc_scale())
+            if cfg.use_pta:
+                output.loss_pta = pta_loss(output.patch_embeds, labels, descriptions, owner, self.pta_scale(),
+                                           cfg.pta_gamma)
+
+    def _total(self, output: DevideOutput) -> torch.Tensor | None:
+        cfg = self.config
+        weighted = [(output.loss_bce, cfg.bce_weight), (output.loss_itc, cfg.itc_weight),
+                    (output.loss_tnc, cfg.tnc_weight), (output.loss_pta, cfg.pta_alpha)]
+        terms = [weight * term for term, weight in weighted if term is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    # ------------------------------------------------------------------ zero-shot
+    @torch.no_grad()
+    def predict(self, pixel_values: torch.Tensor, entities: Sequence[str] | None = None,
+                descriptions: Mapping[str, Sequence[str]] | None = None) -> PredictOutput:
+        """Zero-shot presence of entities, also ones never seen in training.
+
+        entities: ids answered with the model's knowledge (an id without knowledge is queried by its name);
+        descriptions: {name: [sentences]} free descriptions (the name is the query text). Both None = all
+        ``config.entities``. Order of the K outputs: entities, then descriptions.
+        """
+        names, texts, per_entity = self._predict_queries(entities, descriptions)
+        packed = pack_knowledge(texts, per_entity)
+        was_training = self.training
+        self.eval()
+        try:
+            patches, glob, grid = self.encode_image(pixel_values)
+            heads = self._entity_pass(patches, glob, packed)
+        finally:
+            self.train(was_training)
+        mean_description = _normalize((heads["sentences"] * heads["sentence_mask"][..., None]).sum(1))  # [K, d]
+        similarity = torch.einsum("bkd,kd->bk", heads["entity_embeds"], mean_description)
+        batch = pixel_values.shape[0]
+        return PredictOutput(probs=heads["logits"].sigmoid(), logits=heads["logits"], similarity=similarity,
+                             grounding=heads["attention"].reshape(batch, -1, *grid),
+                             sentence_weights=heads["weights"], names=names,
+                             sentences=packed.per_entity)
+
+    def _predict_queries(self, entities, descriptions) -> tuple[list[str], list[str], list[list[str]]]:
+        if isinstance(entities, str):
+            entities = [entities]
+        if entities is None and descriptions is None:
+            entities = list(self.config.entities)
+        names, texts, per_entity = [], [], []
+        for entity in entities or []:
+            names.append(entity)
+            texts.append(self.config.entity_name(entity))
+            per_entity.append(list(self.knowledge.get(entity, []))[: self.config.max_sentences_per_entity])
+        for name, sentences in (descriptions or {}).items():
+            if isinstance(sentences, str):
+                sentences = [sentences]
+            names.append(name)
+            texts.append(name.replace("_", " "))
+            per_entity.append([s for s in sentences if s and s.strip()][: self.config.max_sentences_per_entity])
+        if not names:
+            raise ValueError("predict needs at least one entity or description")
+        return names, texts, per_entity
+
+    # ------------------------------------------------------------------ save / load
+    def image_processor(self) -> DevideImageProcessor:
+        """The image processor matching this model's vision tower."""
+        return DevideImageProcessor.from_model_config(self.config)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Weights (safetensors) + config + code, and beside them knowledge.json, the tokenizer and the
+        image processor (preprocessor_config.json)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        with open(os.path.join(save_directory, KNOWLEDGE_FILE), "w", encoding="utf-8") as handle:
+            json.dump(self.knowledge, handle, ensure_ascii=False, indent=1, sort_keys=True)
+        self.tokenizer.save_pretrained(save_directory)
+        processor = getattr(self, "_image_processor", None) or self.image_processor()
+        processor.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "DevideModel":
+        """Restore a saved model: weights, then knowledge.json and the tokenizer from the same folder/repo."""
+        token = _LOADING_SAVED_MODEL.set(True)
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        finally:
+            _LOADING_SAVED_MODEL.reset(token)
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder")
+                      if k in kwargs}
+        knowledge_path = _resolve_file(str(pretrained_model_name_or_path), KNOWLEDGE_FILE, hub_kwargs)
+        if knowledge_path:
+            with open(knowledge_path, encoding="utf-8") as handle:
+                model.set_knowledge(json.load(handle))
+        tokenizer_config = _resolve_file(str(pretrained_model_name_or_path), "tokenizer_config.json", hub_kwargs)
+        if tokenizer_config:
+            model._tokenizer = _load_tokenizer(str(pretrained_model_name_or_path), tokenizer_config, hub_kwargs)
+        model.apply_freezing()
+        return model
+
+
+def _load_tokenizer(name_or_path: str, tokenizer_config: str, hub_kwargs: dict):
+    """The tokenizer saved beside the weights, by the class its tokenizer_config.json names.
+
+    AutoTokenizer would read config.json first and stop at our auto_map (a trust_remote_code prompt).
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    with open(tokenizer_config, encoding="utf-8") as handle:
+        class_name = json.load(handle).get("tokenizer_class")
+    tokenizer_class = (tokenizer_class_from_name(class_name) if class_name else None) or PreTrainedTokenizerFast
+    return tokenizer_class.from_pretrained(name_or_path, **hub_kwargs)
+
+
+def _resolve_file(name_or_path: str, filename: str, hub_kwargs: dict) -> str | None:
+    """Local path of ``filename`` in a model folder or hub repo, or None when the repo has no such file."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, hub_kwargs.get("subfolder", "") or "", filename)
+        return path if os.path.isfile(path) else None
+    from transformers.utils import cached_file
+
+    return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+
+
+DevideConfig.register_for_auto_class()
+DevideModel.register_for_auto_class("AutoModel")
+DevideImageProcessor.register_for_auto_class("AutoImageProcessor")
