@@ -1,0 +1,1 @@
+"""Spiders of the devide crawler, one per source profile: encyclopedia, mediawiki, generic."""
