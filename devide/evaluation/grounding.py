@@ -42,6 +42,21 @@ def resize_map(heatmap: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(grid, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+def place_map(heatmap: np.ndarray, grid: tuple[int, int],
+              window: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> np.ndarray:
+    """A map covering ``window`` (left, top, right, bottom fractions of the frame: the part the model saw, e.g.
+    a centre crop) -> float32 [grid_h, grid_w] over the whole frame; outside the window: the map's minimum."""
+    grid_w, grid_h = grid
+    left, top = math.floor(window[0] * grid_w), math.floor(window[1] * grid_h)
+    right = min(grid_w, max(left + 1, math.ceil(window[2] * grid_w)))
+    bottom = min(grid_h, max(top + 1, math.ceil(window[3] * grid_h)))
+    if (left, top, right, bottom) == (0, 0, grid_w, grid_h):
+        return resize_map(heatmap, grid)
+    full = np.full((grid_h, grid_w), float(np.min(heatmap)), np.float32)
+    full[top:bottom, left:right] = resize_map(heatmap, (right - left, bottom - top))
+    return full
+
+
 def region_from_boxes(boxes: Sequence[tuple[float, float, float, float]], frame: tuple[int, int],
                       grid: tuple[int, int]) -> np.ndarray:
     """Union of boxes (x1, y1, x2, y2 in ``frame`` pixels) as bool [grid_h, grid_w]; every box covers >= 1 cell."""
@@ -97,11 +112,13 @@ class GroundingAccumulator:
     items: list[dict] = field(default_factory=list)
 
     def add(self, name: str, image_id: str, heatmap: np.ndarray, frame: tuple[int, int],
-            boxes: Sequence | None = None, mask: np.ndarray | None = None, kind: str = "class") -> dict[str, float]:
-        """Score ``heatmap`` [h, w] for class ``name`` against boxes (in ``frame`` pixels) or a mask [H, W]."""
+            boxes: Sequence | None = None, mask: np.ndarray | None = None, kind: str = "class",
+            window: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> dict[str, float]:
+        """Score ``heatmap`` [h, w] (covering ``window`` of the frame) for class ``name`` against boxes (in
+        ``frame`` pixels) or a mask [H, W]."""
         grid = grid_for(frame)
         region = region_from_mask(mask, grid) if mask is not None else region_from_boxes(boxes or [], frame, grid)
-        result = score_map(resize_map(heatmap, grid), region, self.thresholds)
+        result = score_map(place_map(np.asarray(heatmap, np.float32), grid, window), region, self.thresholds)
         self.scores[name].append(result)
         self.items.append({"image_id": image_id, "class": name, "kind": kind,
                            **{k: (None if not math.isfinite(v) else round(v, 6)) for k, v in result.items()}})

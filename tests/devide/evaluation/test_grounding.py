@@ -84,3 +84,19 @@ def test_accumulator_upsamples_low_resolution_map_against_boxes_and_masks():
     assert summary["overall"]["n"] == 3
     assert resize_map(coarse, (64, 64)).shape == (64, 64)
     assert region_from_mask(mask, (8, 8)).sum() == 4
+
+
+def test_centre_crop_window_places_the_map_in_the_middle_of_a_wide_frame():
+    from devide.evaluation.grounding import place_map
+    from devide.evaluation.zero_shot import crop_window
+
+    window = crop_window((200, 100), center_crop=True)
+    assert window == (0.25, 0.0, 0.75, 1.0)
+    assert crop_window((200, 100), center_crop=False) == (0.0, 0.0, 1.0, 1.0)
+    heatmap = np.zeros((2, 2), np.float32)
+    heatmap[0, 0] = 1.0  # the top-left of what the model saw = x in [50, 100) of the frame
+    placed = place_map(heatmap, (20, 10), window)
+    assert placed.shape == (10, 20) and placed[:, :5].max() == 0.0 and placed[:, 15:].max() == 0.0
+    acc = GroundingAccumulator(thresholds=(0.5,))
+    assert acc.add("x", "i", heatmap, (200, 100), boxes=[(50, 0, 100, 50)], window=window)["pointing_game"] == 1.0
+    assert acc.add("x", "i", heatmap, (200, 100), boxes=[(0, 0, 50, 50)], window=window)["pointing_game"] == 0.0
