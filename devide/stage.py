@@ -218,6 +218,19 @@ def _promote(partial: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a distributed launch (``accelerate launch`` / ``torchrun`` set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _run_as_secondary_rank(stage: Stage, cfg: StageConfig, partial: Path, out: Path, quiet: bool) -> StageResult:
+    """Non-zero ranks run the stage function in rank 0's work folder but never create, clear, log into,
+    write the manifest of, or promote it: rank 0 alone owns the artifact (the stage synchronises the ranks)."""
+    ctx = StageContext(work_dir=partial, out=out, logger=logging.getLogger(f"devide.{stage.name}"), quiet=quiet)
+    counts = stage.run(cfg, ctx) or {}
+    return StageResult("complete", out, {"status": "complete", "counts": {**ctx.counts, **counts}})
+
+
 def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet: bool = False) -> StageResult:
     """Run ``stage`` with ``cfg`` into ``cfg.out`` unless an identical complete artifact is already there."""
     if cfg.out is None:
@@ -230,6 +243,8 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
         return StageResult("skipped", out, previous)
 
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    if not is_main_process():
+        return _run_as_secondary_rank(stage, cfg, partial, out, quiet)
     _prepare_partial(partial, fingerprint)
     dump_resolved(cfg, partial / RESOLVED_CONFIG)
     manifest: dict[str, Any] = {
