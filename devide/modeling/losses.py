@@ -135,8 +135,8 @@ def tnc_loss(entity_embeds: torch.Tensor, labels: torch.Tensor, description_embe
     negatives every sentence of any other entity (absent, not mentioned or also present in b).
     """
     anchor_b, anchor_e = torch.nonzero(labels == PRESENT, as_tuple=True)
-    if anchor_b.numel() == 0:
-        return entity_embeds.sum() * 0.0
+    if anchor_b.numel() == 0:  # zero, yet attached to every input (DDP expects each parameter in the graph)
+        return (entity_embeds.sum() + description_embeds.sum() + logit_scale) * 0.0
     anchors = entity_embeds[anchor_b, anchor_e].float()  # [A, d]
     logits = logit_scale * anchors @ description_embeds.float().T  # [A, M]
     positives = description_owner.unsqueeze(0) == anchor_e.unsqueeze(1)
@@ -164,7 +164,7 @@ def pta_loss(patch_embeds: torch.Tensor, labels: torch.Tensor, description_embed
     present_entities = (labels == PRESENT).any(0)  # [E]
     keep = present_entities[description_owner]  # [M]
     if not keep.any():
-        return patch_embeds.sum() * 0.0
+        return (patch_embeds.sum() + description_embeds.sum() + logit_scale) * 0.0
     owner = description_owner[keep]
     scores = patch_sentence_scores(patch_embeds, description_embeds[keep], gamma)  # [S, B]
     entity_labels = labels.T[owner]  # [S, B]

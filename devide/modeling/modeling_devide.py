@@ -246,6 +246,11 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
+def _mean_description(sentences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Normalised mean of each entity's normalised sentence embeddings: [E, K, d], [E, K] -> [E, d]."""
+    return _normalize((_normalize(sentences) * mask[..., None]).sum(1))
+
+
 # ============================================================================================ the model
 class DevideModel(PreTrainedModel):
     """DeViDe: knowledge-augmented chest-radiograph vision-language model (see docs/method.md).
@@ -273,12 +278,15 @@ class DevideModel(PreTrainedModel):
         self.retrieval = KnowledgeRetrieval(dim)
         self.fusion = CrossViewFusion(dim, config.fusion_layers, config.fusion_heads, config.fusion_ffn_dim,
                                       config.fusion_dropout, config.fusion_self_attention)
-        self.presence_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
-        self.label_projection = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))  # multi-label projection
-        self.local_proj = nn.Linear(dim, dim)
-        self.itc_scale = LogitScale(config.logit_scale_init, config.logit_scale_max)
+        # A switched-off term's head is not built: its weights would be untrained (and unused under DDP).
+        # The multi-label projection layer is always built: zero-shot `similarity` reads it.
+        self.presence_head = (nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+                              if config.use_bce else None)
+        self.label_projection = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.tnc_scale = LogitScale(config.logit_scale_init, config.logit_scale_max)
-        self.pta_scale = LogitScale(config.logit_scale_init, config.logit_scale_max)
+        self.itc_scale = LogitScale(config.logit_scale_init, config.logit_scale_max) if config.use_itc else None
+        self.local_proj = nn.Linear(dim, dim) if config.use_pta else None
+        self.pta_scale = LogitScale(config.logit_scale_init, config.logit_scale_max) if config.use_pta else None
         self._tokenizer = None
         self._tokenizer_source: str | None = None
         self.knowledge: dict[str, list[str]] = {}
@@ -417,9 +425,13 @@ class DevideModel(PreTrainedModel):
         names, sentences, mask = self._embed_knowledge(packed)
         queries, weights = self.retrieval(glob, names, sentences, mask)
         fused, attention = self.fusion(queries, patches)
-        return dict(logits=self.presence_head(fused).squeeze(-1).float(),
-                    entity_embeds=_normalize(self.label_projection(fused)),
-                    attention=attention, weights=weights, sentences=sentences, sentence_mask=mask)
+        entity_embeds = _normalize(self.label_projection(fused))
+        if self.presence_head is not None:
+            logits = self.presence_head(fused).squeeze(-1).float()
+        else:  # trained without L_bce: score = scaled cosine with the entity's mean description
+            logits = self.tnc_scale() * torch.einsum("bed,ed->be", entity_embeds, _mean_description(sentences, mask))
+        return dict(logits=logits, entity_embeds=entity_embeds, attention=attention, weights=weights,
+                    sentences=sentences, sentence_mask=mask)
 
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
@@ -432,11 +444,13 @@ class DevideModel(PreTrainedModel):
             check_labels(labels, len(cfg.entities))
         if report_texts is not None and len(report_texts) != batch:
             raise ValueError(f"report_texts has {len(report_texts)} entries for {batch} images")
+        if return_loss:
+            self._check_loss_switches()
         patches, glob, grid = self.encode_image(pixel_values)
         packed = self._training_knowledge()
         heads = self._entity_pass(patches, glob, packed)
         image_embeds = _normalize(glob)
-        patch_embeds = _normalize(self.local_proj(patches))
+        patch_embeds = _normalize(self.local_proj(patches)) if self.local_proj is not None else None
         output = DevideOutput(
             logits=heads["logits"], image_embeds=image_embeds, entity_embeds=heads["entity_embeds"],
             patch_embeds=patch_embeds, cross_attentions=heads["attention"].reshape(batch, -1, *grid),
@@ -452,6 +466,15 @@ class DevideModel(PreTrainedModel):
         if return_loss:
             output.loss = self._total(output)
         return output
+
+    def _check_loss_switches(self) -> None:
+        """A term switched on after construction has no head to train: say so instead of crashing later."""
+        cfg = self.config
+        for flag, module in (("use_bce", self.presence_head), ("use_itc", self.itc_scale),
+                             ("use_pta", self.pta_scale)):
+            if getattr(cfg, flag) and module is None:
+                raise ValueError(f"config.{flag} is on but the model was built without that term; "
+                                 "build a new model with it enabled")
 
     def _label_losses(self, output: DevideOutput, heads: dict, labels: torch.Tensor, packed: PackedKnowledge) -> None:
         cfg = self.config
@@ -492,7 +515,7 @@ class DevideModel(PreTrainedModel):
             heads = self._entity_pass(patches, glob, packed)
         finally:
             self.train(was_training)
-        mean_description = _normalize((heads["sentences"] * heads["sentence_mask"][..., None]).sum(1))  # [K, d]
+        mean_description = _mean_description(heads["sentences"], heads["sentence_mask"])
         similarity = torch.einsum("bkd,kd->bk", heads["entity_embeds"], mean_description)
         batch = pixel_values.shape[0]
         return PredictOutput(probs=heads["logits"].sigmoid(), logits=heads["logits"], similarity=similarity,
