@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from devide.config import StageConfig
 from devide.data.adapters import AdapterError, get_adapter
@@ -69,6 +69,14 @@ class EvaluateConfig(StageConfig):
     num_workers: int = Field(2, ge=1, description="image decoding threads")
     device: str | None = Field(None, description="torch device (default: cuda if available)")
     cache_dir: Path | None = Field(None, description="extra folder searched for and filled with prediction caches")
+
+    @field_validator("dataset")
+    @classmethod
+    def known_dataset(cls, value: str) -> str:
+        try:
+            return get_adapter(value).name
+        except AdapterError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def find_model_dir(path: Path) -> Path:
@@ -231,8 +239,8 @@ def make_plots(work: Path, eval_set: EvalSet, predictions: Predictions, results:
 
 
 def run(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
-    adapter_cls = get_adapter(cfg.dataset)
     try:
+        adapter_cls = get_adapter(cfg.dataset)
         adapter = adapter_cls(cfg.root, **cfg.adapter_options)
         eval_set = adapter.load(cfg.split)
     except AdapterError as exc:
