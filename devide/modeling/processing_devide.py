@@ -53,17 +53,18 @@ def _pil_to_grey(image: Image.Image) -> np.ndarray:
 def _array_to_grey(array: np.ndarray) -> np.ndarray:
     if array.ndim == 3:
         channel_axis = 0 if array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4) else -1
-        array = np.moveaxis(array, channel_axis, -1)[..., :3].mean(-1)
-    if array.ndim != 2:
+        array = np.moveaxis(array, channel_axis, -1)[..., :3]
+    if array.ndim not in (2, 3):
         raise ValueError(f"expected an image array of 2 or 3 dimensions, got shape {array.shape}")
     if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    array = array.astype(np.float32)
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise ValueError("float image arrays must lie in [0, 1]; pass uint8/uint16 arrays or PIL images instead")
-    return array
+        array = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    else:
+        array = array.astype(np.float32)
+        if array.min() < 0.0 or array.max() > 1.0:
+            raise ValueError("float image arrays must lie in [0, 1]; pass uint8/uint16 arrays or PIL images instead")
+    return array.mean(-1) if array.ndim == 3 else array
 
 
 class DevideImageProcessor(ImageProcessingMixin):
