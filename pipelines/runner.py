@@ -173,6 +173,11 @@ class RunCommand:
         for name, result in report.results.items():
             print(f"{name:16s} {result.status:9s} {result.out}")
         print(f"pipeline finished in {report.seconds:.1f} s")
+        # Stages may leave a human summary (e.g. evaluate's zero-shot table); show it even when skipped.
+        for result in report.results.values():
+            summary = Path(result.out) / "summary.txt"
+            if summary.is_file():
+                print(summary.read_text(encoding="utf-8").rstrip())
         return 0
 
 
