@@ -376,11 +376,25 @@ class DevideModel(PreTrainedModel):
             outputs.append(self.text(batch["input_ids"], batch["attention_mask"]))
         return torch.cat(outputs).float()
 
+    def _text_cache_usable(self) -> bool:
+        """The cache serves a frozen tower, and a trainable one under no_grad in eval mode (``predict``).
+
+        Entries are stamped with the tower's weight version (the sum of its parameters' in-place version
+        counters, bumped by every optimizer step and by ``load_state_dict``): a changed tower empties the cache.
+        """
+        usable = self.config.freeze_text or (not torch.is_grad_enabled() and not self.text.training)
+        if usable:
+            version = sum(p._version for p in self.text.parameters())
+            if version != self.text.cache.version:
+                self.clear_text_cache()
+                self.text.cache.version = version
+        return usable
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Tower embeddings [n, d_t]: from the cache when the text tower is frozen, with gradient otherwise."""
-        device = self.text_proj.weight.device
-        if self.config.freeze_text:
-            return self.text.encode_cached(texts, self._tokenize_and_encode, device)
+        """Tower embeddings [n, d_t]: cached when the tower cannot change them (frozen, or predict), else
+        encoded with gradient."""
+        if self._text_cache_usable():
+            return self.text.encode_cached(texts, self._tokenize_and_encode, self.text_proj.weight.device)
         return self._tokenize_and_encode(texts)
 
     def get_text_features(self, texts: Sequence[str]) -> torch.Tensor:
@@ -390,12 +404,13 @@ class DevideModel(PreTrainedModel):
     def _embed_knowledge(self, packed: PackedKnowledge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (name embeds [E, d], sentence embeds [E, K, d] (zero padded), sentence mask bool [E, K])."""
         key = (tuple(packed.names), tuple(packed.sentences))
-        if self.config.freeze_text and self._packed_cache is not None and self._packed_cache[0] == key:
+        cacheable = self._text_cache_usable()
+        if cacheable and self._packed_cache is not None and self._packed_cache[0] == key:
             tower_names, tower_sentences = self._packed_cache[1]
         else:
             tower = self.encode_text(packed.names + packed.sentences)
             tower_names, tower_sentences = tower[: len(packed.names)], tower[len(packed.names):]
-            if self.config.freeze_text:
+            if cacheable:
                 self._packed_cache = (key, (tower_names, tower_sentences))
         names = self.text_proj(tower_names)
         flat = self.text_proj(tower_sentences)  # [M, d]

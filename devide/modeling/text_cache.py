@@ -30,6 +30,7 @@ class EmbeddingCache:
         self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.version: int | None = None  # weight version of the tower that filled the cache
 
     def __len__(self) -> int:
         return len(self._store)

@@ -243,3 +243,33 @@ def test_predict_defaults_to_config_entities_and_keeps_mode(model, pixels):
     assert result.names == ENTITIES and model.training
     model.eval()
     torch.testing.assert_close(result.logits, model(pixels).logits)
+
+
+def test_predict_cache_with_trainable_text_tower_follows_weight_updates(model, pixels):
+    """Unfrozen tower: predict caches sentence embeddings, and an optimizer step on the tower invalidates them."""
+    cfg = model.config
+    state = {k: v.clone() for k, v in model.text.state_dict().items()}
+    try:
+        cfg.freeze_text = False
+        model.apply_freezing()
+        model.eval()
+        model.clear_text_cache()
+        before = model.predict(pixels, entities=["nodule"])
+        assert len(model.text.cache) > 0
+        optimizer = torch.optim.SGD(model.text.parameters(), lr=1.0)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(pixels, labels=LABELS, report_texts=REPORTS).loss.backward()
+        optimizer.step()
+        model.eval()
+        after = model.predict(pixels, entities=["nodule"])
+        model.clear_text_cache()
+        fresh = model.predict(pixels, entities=["nodule"])
+        torch.testing.assert_close(after.probs, fresh.probs, rtol=0, atol=0)
+        assert not torch.allclose(after.probs, before.probs)
+    finally:
+        cfg.freeze_text = True
+        model.text.load_state_dict(state)
+        model.apply_freezing()
+        model.zero_grad(set_to_none=True)
+        model.eval()
