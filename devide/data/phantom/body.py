@@ -1,0 +1,275 @@
+"""The normal radiograph's layers: soft tissue, lungs, heart, mediastinum, bones, vessels, trachea.
+
+Each function returns a density layer ``[res, res]`` (float32, arbitrary units: air outside the body 0,
+soft tissue ~0.8, bone adds ~0.1-0.3); :func:`devide.data.phantom.render.compose` sums them with the
+findings' layers and maps density to grey levels. Thin structures (ribs, clavicles, vessels) are drawn as
+Pillow strokes and blurred once, which is far cheaper than evaluating distance fields in numpy.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from devide.data.phantom import canvas
+from devide.data.phantom.anatomy import SIDES, Geometry, side_sign
+
+
+def soft_tissue(g: Geometry) -> np.ndarray:
+    """Neck, shoulders, chest wall, mediastinum and abdomen; thicker in the middle of the body."""
+    p, res = g.p, g.res
+    cl = p.clavicle_v
+    half = p.tw + p.fat
+    outline = [
+        (p.mx - 0.085, -0.01), (p.mx + 0.085, -0.01), (p.mx + 0.11, cl - 0.08), (p.cx + half + 0.1, cl - 0.06),
+        (1.02, cl - 0.02), (1.02, cl + 0.1), (p.cx + half + 0.02, p.apex + 0.22), (p.cx + half, 0.62),
+        (p.cx + half + 0.015, 1.02), (p.cx - half - 0.015, 1.02), (p.cx - half, 0.62),
+        (p.cx - half - 0.02, p.apex + 0.22), (-0.02, cl + 0.1), (-0.02, cl - 0.02),
+        (p.cx - half - 0.1, cl - 0.06), (p.mx - 0.11, cl - 0.08),
+    ]
+    body = canvas.polygon_mask(outline, res, blur_px=2.0 * res / 256)
+    thick = _thickness_profile(res, round(p.cx, 3), round(half, 3))
+    layer = body * thick
+    if p.sex == "F":
+        layer += 0.1 * breasts(g)
+    return layer
+
+
+@lru_cache(maxsize=64)
+def _thickness_profile(res: int, cx: float, half: float) -> np.ndarray:
+    u = canvas.axis(res)
+    column = 0.6 + 0.22 * np.sqrt(np.clip(1.0 - ((u - cx) / (half + 0.02)) ** 2, 0.0, 1.0))
+    return np.broadcast_to(column[None, :], (res, res)).astype(np.float32)
+
+
+def breasts(g: Geometry) -> np.ndarray:
+    """Breast shadows over the lower zones with a sharp inferolateral margin."""
+    p, res = g.p, g.res
+    shapes = []
+    for side in SIDES:
+        cu = float(g.to_u(0.55 * p.tw, side))
+        cv = p.dome[SIDES.index(side)] - 0.03
+        ellipse = canvas.ellipse_points(cu, cv, 0.17, 0.11, n=40)
+        shapes.append([(u, v) for u, v in ellipse if v > cv - 0.05])
+    _, vv = canvas.grid(res)
+    return canvas.polygon_mask(shapes, res, blur_px=2.0 * res / 256) * canvas.ramp(p.dome[0] - 0.16, p.dome[0] - 0.02, vv)
+
+
+def lung_air(g: Geometry) -> np.ndarray:
+    """Air in the lungs (subtracted from the density); thinner behind the heart."""
+    return 0.58 * g.p.air * g.air_depth * (1.0 - 0.62 * g.heart)
+
+
+def heart_and_mediastinum(g: Geometry) -> np.ndarray:
+    p, res = g.p, g.res
+    hila = sum(canvas.blob(res, *g.hilum(s), 0.02, 0.035, power=1.5) for s in SIDES)
+    return 0.1 * g.heart + 0.1 * hila
+
+
+def trachea(g: Geometry) -> np.ndarray:
+    """The tracheal air column down to the carina, and the main bronchi (subtracted from the density)."""
+    p, res = g.p, g.res
+    cu, cv = g.carina
+    img = Image.new("L", (res, res), 0)
+    draw = ImageDraw.Draw(img)
+    canvas.draw_polyline(draw, [(p.mx - 0.002, 0.0), (p.mx + 0.001, cv * 0.6), (cu, cv)], res, 0.028, 255)
+    for side in SIDES:
+        s = side_sign(side)
+        canvas.draw_polyline(draw, [(cu, cv - 0.005), (cu + s * 0.03, cv + 0.022), (cu + s * 0.055, cv + 0.05)],
+                             res, 0.014, 180)
+    return 0.2 / 255.0 * np.asarray(canvas.blur(img, 1.3 * res / 256), dtype=np.float32)
+
+
+def gastric_bubble(g: Geometry, rng: np.random.Generator) -> np.ndarray:
+    p = g.p
+    cu = float(g.to_u(0.45 * p.tw, "left"))
+    cv = p.dome[1] + 0.05
+    return 0.2 * canvas.blob(g.res, cu, cv, float(rng.uniform(0.03, 0.05)), 0.022, power=3.0)
+
+
+# ---------------------------------------------------------------------------------------------- bones
+
+
+def posterior_rib(g: Geometry, side: str, k: int) -> list[canvas.Point]:
+    """Centre line of posterior rib ``k`` (0 = first rib): up from the spine, then curving down laterally."""
+    p = g.p
+    top = p.apex - 0.05 + p.rib_spacing * (k + 0.06 * k * k) * 0.95
+    ss = np.linspace(0.08, 1.08, 12)
+    vs = top - 0.05 * ss + 0.13 * ss * ss + 0.05 * np.clip(ss - 0.85, 0, None)
+    return [(float(g.to_u(s * p.tw, side, medial=True)), float(v)) for s, v in zip(ss, vs)]
+
+
+def anterior_rib(g: Geometry, side: str, k: int) -> list[canvas.Point]:
+    """Centre line of anterior rib ``k``: from the lateral wall sloping down medially to the cartilage."""
+    p = g.p
+    top = p.apex + 0.005 + p.rib_spacing * 1.3 * k
+    ss = np.linspace(1.02, 0.3, 8)
+    vs = top + 0.17 * np.clip(1.0 - ss, 0, None) ** 1.1 + 0.03 * np.clip(ss - 0.9, 0, None)
+    return [(float(g.to_u(s * p.tw, side)), float(v)) for s, v in zip(ss, vs)]
+
+
+def clavicle_points(g: Geometry, side: str) -> list[canvas.Point]:
+    p = g.p
+    rise = 0.075 if p.view == "PA" else 0.03
+    ds = np.linspace(0.03, p.tw + 0.06, 14)
+    t = (ds - ds[0]) / (ds[-1] - ds[0])
+    vs = p.clavicle_v + 0.03 - rise * t - 0.012 * np.sin(np.pi * t * 1.7)
+    return [(float(g.to_u(d, side, medial=True)), float(v)) for d, v in zip(ds, vs)]
+
+
+def draw_bones(g: Geometry, edits: list[dict] | None = None) -> Image.Image:
+    """All bones into one 8-bit image (value ~ bone thickness).
+
+    ``edits`` are fractures: ``{"bone": "rib" | "clavicle", "side", "k" (rib number), "t" (0-1 along the
+    bone from medial), "shift" (displacement of the lateral fragment), "callus" (healing)}``.
+    """
+    p, res = g.p, g.res
+    img = Image.new("L", (res, res), 0)
+    draw = ImageDraw.Draw(img)
+    rib_w = 0.42 * p.rib_spacing
+    breaks = {(e["bone"], e["side"], e.get("k", 0)): e for e in edits or ()}
+    for side in SIDES:
+        for k in range(6):  # anterior ribs: faint, drawn first
+            pts = anterior_rib(g, side, k)
+            canvas.draw_polyline(draw, pts, res, rib_w * 1.1, 50)
+        for k in range(12):
+            pts = posterior_rib(g, side, k)
+            edit = breaks.get(("rib", side, k))
+            for piece in _pieces(pts, edit):
+                canvas.draw_polyline(draw, piece, res, rib_w, 120)
+                canvas.draw_polyline(draw, piece, res, rib_w * 0.45, 85)  # medulla: cortices read brighter
+            if edit:
+                _draw_break(draw, pts, edit, res, rib_w)
+        hu = float(g.to_u(p.tw + 0.11, side))
+        hv = p.clavicle_v - 0.01
+        canvas.draw_polyline(draw, [(hu, hv), (float(g.to_u(p.tw + 0.14, side)), 0.5)], res, 0.07, 120)
+        draw.ellipse(canvas.to_px([(hu - 0.06, hv - 0.055), (hu + 0.06, hv + 0.06)], res), fill=150)
+        inner = p.tw * (0.8 if p.view == "AP" else 1.02)
+        scapula = [(g.to_u(p.tw + 0.06, side), p.clavicle_v + 0.02), (g.to_u(inner, side), p.apex + 0.1),
+                   (g.to_u(inner + 0.03, side), p.apex + 0.36), (g.to_u(p.tw + 0.09, side), p.apex + 0.4)]
+        draw.polygon(canvas.to_px([(float(u), float(v)) for u, v in scapula], res), fill=45)
+        clav = clavicle_points(g, side)
+        edit = breaks.get(("clavicle", side, 0))
+        for piece in _pieces(clav, edit):
+            canvas.draw_polyline(draw, piece, res, 0.026, 170)
+            canvas.draw_polyline(draw, piece, res, 0.012, 140)
+        if edit:
+            _draw_break(draw, clav, edit, res, 0.026)
+    _draw_spine(draw, g)
+    return img
+
+
+def point_along(points: list[canvas.Point], t: float) -> tuple[canvas.Point, canvas.Point]:
+    """The point at fraction ``t`` of a polyline's vertices and the unit direction there."""
+    arr = np.asarray(points)
+    x = t * (len(arr) - 1)
+    i = min(int(x), len(arr) - 2)
+    frac = x - i
+    here = arr[i] * (1 - frac) + arr[i + 1] * frac
+    direction = arr[i + 1] - arr[i]
+    direction = direction / (np.linalg.norm(direction) + 1e-9)
+    return (float(here[0]), float(here[1])), (float(direction[0]), float(direction[1]))
+
+
+def _pieces(points: list[canvas.Point], edit: dict | None) -> list[list[canvas.Point]]:
+    """The bone's polyline, split at a fracture with the lateral fragment displaced."""
+    if not edit:
+        return [points]
+    here, _ = point_along(points, edit["t"])
+    cut = int(edit["t"] * (len(points) - 1)) + 1
+    shift = edit["shift"]
+    medial = [*points[:cut], here]
+    lateral = [(here[0], here[1] + shift), *[(u, v + shift) for u, v in points[cut:]]]
+    return [medial, lateral]
+
+
+def _draw_break(draw: ImageDraw.ImageDraw, points: list[canvas.Point], edit: dict, res: int, width: float) -> None:
+    here, (du, dv) = point_along(points, edit["t"])
+    if edit.get("callus"):
+        # healing: a fusiform collar of new bone around the break
+        a, b = 1.6 * width, 1.1 * width
+        draw.ellipse(canvas.to_px([(here[0] - a, here[1] - b + edit["shift"] / 2),
+                                   (here[0] + a, here[1] + b + edit["shift"] / 2)], res), fill=150)
+        return
+    # acute: a lucent fracture line across the cortex
+    nu, nv = -dv, du
+    reach = 0.8 * width + abs(edit["shift"])
+    line = [(here[0] - nu * reach, here[1] - nv * reach), (here[0] + nu * reach, here[1] + nv * reach)]
+    canvas.draw_polyline(draw, line, res, max(0.0045, 0.18 * width), 0)
+
+
+def _draw_spine(draw: ImageDraw.ImageDraw, g: Geometry) -> None:
+    p, res = g.p, g.res
+    v = 0.0
+    while v < 1.0:
+        height = 0.033 + 0.012 * v
+        draw.rounded_rectangle(canvas.to_px([(p.mx - 0.028 - 0.01 * v, v), (p.mx + 0.028 + 0.01 * v, v + height)],
+                                            res), radius=max(1, int(0.006 * res)), fill=38)
+        for s in (-1, 1):  # pedicles
+            cu = p.mx + s * (0.022 + 0.008 * v)
+            draw.ellipse(canvas.to_px([(cu - 0.006, v + 0.006), (cu + 0.006, v + 0.018)], res), fill=55)
+        v += height + 0.008
+
+
+def bones(g: Geometry, img: Image.Image) -> np.ndarray:
+    return (0.3 / 255.0) * np.asarray(canvas.blur(img, 0.8 * g.res / 256), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- vessels
+
+
+def vessels(g: Geometry, rng: np.random.Generator) -> np.ndarray:
+    """Branching pulmonary vessels from the hila, tapering towards the periphery (masked to the lungs)."""
+    p, res = g.p, g.res
+    img = Image.new("L", (res, res), 0)
+    draw = ImageDraw.Draw(img)
+    jitter = rng.normal(0.0, 1.0, size=4096)
+    pos = [0]
+
+    def noise() -> float:
+        pos[0] += 1
+        return float(jitter[pos[0] % 4096])
+
+    for side in SIDES:
+        s = side_sign(side)
+        hu, hv = g.hilum(side)
+        for angle in np.linspace(-120, 100, 7):
+            direction = np.deg2rad(angle + 6 * noise())
+            length = 0.09 * (1.15 if angle > 30 else 1.0)
+            _branch(draw, noise, res, hu, hv, s, direction, length, 0.01 * p.vessel_scale, 3)
+    layer = np.asarray(canvas.blur(img, 0.8 * res / 256), dtype=np.float32) / 255.0
+    reach = canvas.ramp(0.2, 0.6 * p.vessel_reach, g.air_depth)
+    return 0.11 * layer * reach
+
+
+def _branch(draw: ImageDraw.ImageDraw, noise, res: int, u: float, v: float, s: float, angle: float,
+            length: float, width: float, depth: int) -> None:
+    # angle: 0 points laterally, +90 down; s mirrors it for the two lungs
+    du = s * np.cos(angle) * length
+    dv = np.sin(angle) * length
+    end = (u + du, v + dv)
+    mid = (u + du * 0.5 + 0.005 * noise(), v + dv * 0.5 + 0.005 * noise())
+    canvas.draw_polyline(draw, [(u, v), mid, end], res, width, int(255 * 0.8 ** (3 - depth)))
+    if depth == 0:
+        return
+    for turn in (-1.0, 1.0):
+        spread = np.deg2rad(26 + 7 * noise())
+        _branch(draw, noise, res, end[0], end[1], s, angle + turn * spread, length * (0.75 + 0.05 * noise()),
+                width * 0.7, depth - 1)
+
+
+@lru_cache(maxsize=16)
+def _marker_image(res: int, left: bool) -> np.ndarray:
+    img = Image.new("L", (res, res), 0)
+    size = max(8, int(res * 0.045))
+    font = ImageFont.load_default(size=size)
+    u = 0.88 if left else 0.07
+    ImageDraw.Draw(img).text((u * res, 0.04 * res), "L" if left else "R", fill=255, font=font)
+    return np.asarray(img, dtype=np.float32) / 255.0 * 0.9
+
+
+def marker(g: Geometry) -> np.ndarray:
+    """The radiographer's side marker letter, in a top corner outside the body."""
+    return _marker_image(g.res, g.p.marker_left)

@@ -1,0 +1,229 @@
+"""Render a phantom case: anatomy + findings -> density -> an 8-bit radiograph, with per-finding masks.
+
+The render is a pure function of the case (seeds included) and the output size, so an image can be
+re-rendered bit for bit, or without one of its findings (the tests use this to check that every box holds
+its lesion). Smooth structures are rendered at ``render_res`` (half the output size, at least 256) and
+upsampled; noise is added at full size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from devide.data.phantom import body, canvas
+from devide.data.phantom.anatomy import AnatomyParams, Geometry
+
+
+# Density units -> grey levels: how visible a change is. A finding's footprint is where it changes the
+# density by more than this (about 4-9 grey levels after the response curve).
+VISIBLE_DENSITY = 0.02
+AIR_SCALE = 0.58  # lung air depth at full inflation (see body.lung_air)
+VESSEL_SCALE = 0.11
+
+
+@dataclass
+class Layers:
+    """Density channels the findings draw into (all ``[res, res]`` float32), with per-finding footprints.
+
+    ``footprint[key]`` bounds, in density units, how much finding ``key`` changes each pixel: where it is
+    below :data:`VISIBLE_DENSITY` the finding is invisible, so boxes and masks are taken from it.
+    """
+
+    res: int
+    add: np.ndarray = field(init=False)  # extra density (lesions, devices, air crescents)
+    keep_air: np.ndarray = field(init=False)  # product of (1 - airspace filling) over findings
+    lucency: np.ndarray = field(init=False)  # extra lung air (hyperlucency)
+    vessel_keep: np.ndarray = field(init=False)  # multiplier on vascular markings
+    bone_edits: list = field(default_factory=list)  # fracture edits consumed by body.draw_bones
+    footprint: dict[str, np.ndarray] = field(default_factory=dict)
+    current: str = ""
+
+    def __post_init__(self) -> None:
+        shape = (self.res, self.res)
+        self.add = np.zeros(shape, np.float32)
+        self.keep_air = np.ones(shape, np.float32)
+        self.lucency = np.zeros(shape, np.float32)
+        self.vessel_keep = np.ones(shape, np.float32)
+
+    def _mark(self, amount: np.ndarray) -> None:
+        if self.current:
+            previous = self.footprint.get(self.current)
+            self.footprint[self.current] = np.abs(amount) if previous is None else np.maximum(previous, np.abs(amount))
+
+    def density(self, amount: np.ndarray) -> None:
+        """Add density (positive: tissue, metal; negative: gas outside the lungs)."""
+        self.add += amount
+        self._mark(amount)
+
+    def fill(self, fraction: np.ndarray) -> None:
+        """Replace a fraction of the aerated lung by fluid or tissue (airspace opacity, effusion)."""
+        fraction = np.clip(fraction, 0.0, 1.0)
+        self.keep_air *= 1.0 - fraction
+        self._mark(AIR_SCALE * fraction)
+
+    def hyperlucent(self, amount: np.ndarray) -> None:
+        """More air in the lung (relative increase of the air column)."""
+        self.lucency += amount
+        self._mark(AIR_SCALE * amount)
+
+    def prune_vessels(self, fraction: np.ndarray) -> None:
+        fraction = np.clip(fraction, 0.0, 1.0)
+        self.vessel_keep *= 1.0 - fraction
+        self._mark(VESSEL_SCALE * fraction)
+
+
+def render_res(size: int) -> int:
+    return size if size <= 256 else max(256, size // 2)
+
+
+def compose(g: Geometry, layers: Layers) -> np.ndarray:
+    """Density ``[res, res]`` of the study: normal layers modified by the findings' channels."""
+    rng = np.random.default_rng(g.p.seeds[0])
+    vessels = body.vessels(g, rng)
+    bones = body.bones(g, body.draw_bones(g, layers.bone_edits))
+    air = body.lung_air(g) * (1.0 + layers.lucency) + body.trachea(g) + body.gastric_bubble(g, rng)
+    density = body.soft_tissue(g) + body.heart_and_mediastinum(g) + body.marker(g)
+    # bones stand out over aerated lung, much less over the abdomen and mediastinum
+    bone_contrast = 0.45 + 0.55 * np.minimum(g.air_depth * 3.0, 1.0)
+    density += bones * bone_contrast + vessels * layers.vessel_keep * layers.keep_air
+    density -= air * np.where(g.lung > 0, layers.keep_air, 1.0)
+    return density + layers.add
+
+
+def to_grey(density: np.ndarray, p: AnatomyParams, size: int) -> np.ndarray:
+    """Map density to 8-bit grey at the output size, with detector noise. Returns ``[size, size]`` uint8."""
+    index = np.clip((density - p.lo) * (LUT_SIZE / (p.hi - p.lo)), 0, LUT_SIZE - 1).astype(np.int32)
+    img = Image.fromarray(_response_lut(round(p.gamma, 4))[index])
+    if img.size[0] != size:
+        img = img.resize((size, size), Image.BILINEAR)
+    out = np.asarray(img, dtype=np.int16)
+    noise = _noise_field(size, p.seeds[2])
+    return np.clip(out + (noise * p.noise).astype(np.int16), 0, 255).astype(np.uint8)
+
+
+LUT_SIZE = 2048
+
+
+@lru_cache(maxsize=64)
+def _response_lut(gamma: float) -> np.ndarray:
+    """Film-like response: grey rises with density, compressing the dense (bright) end a little."""
+    x = np.linspace(0.0, 1.0, LUT_SIZE)
+    curve = (1.0 - np.exp(-1.3 * x)) / (1.0 - np.exp(-1.3))
+    return (np.clip(curve, 0, 1) ** gamma * 255.0 + 0.5).astype(np.uint8)
+
+
+def _noise_field(size: int, seed: int) -> np.ndarray:
+    """Unit-variance detector noise ``[size, size]``: a random crop of a cached texture (fast, seeded)."""
+    texture = _noise_texture(size)
+    rng = np.random.default_rng(seed)
+    r, c = rng.integers(0, size, size=2)
+    flip = rng.integers(0, 2, size=2)
+    tile = np.roll(texture, (int(r), int(c)), axis=(0, 1))
+    return tile[:: -1 if flip[0] else 1, :: -1 if flip[1] else 1]
+
+
+_NOISE: dict[int, np.ndarray] = {}
+
+
+def _noise_texture(size: int) -> np.ndarray:
+    if size not in _NOISE:
+        rng = np.random.default_rng(20240403)
+        white = rng.standard_normal((size, size)).astype(np.float32)
+        # slightly correlated, like a real detector's quantum mottle
+        smooth = canvas.soft_blur(np.clip(white * 0.15 + 0.5, 0, 1), 0.6)
+        _NOISE[size] = ((smooth - smooth.mean()) / (smooth.std() + 1e-6)).astype(np.float32)
+    return _NOISE[size]
+
+
+# ---------------------------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Rendered:
+    """A rendered study: the image and, per finding, where it changed the density."""
+
+    image: np.ndarray
+    """``[size, size]`` uint8 grey levels."""
+    supports: dict[str, np.ndarray]
+    """entity id -> ``[res, res]`` float32 upper bound of the density change the finding causes."""
+    size: int
+
+    @property
+    def res(self) -> int:
+        return next(iter(self.supports.values())).shape[0] if self.supports else self.size
+
+    def box(self, entity: str) -> tuple[float, float, float, float] | None:
+        """``(x, y, w, h)`` in output pixels around where ``entity`` is visible, or None if nowhere."""
+        support = self.supports.get(entity)
+        found = canvas.bbox(support, VISIBLE_DENSITY) if support is not None else None
+        if found is None:
+            return None
+        scale = self.size / support.shape[0]
+        x0, y0, x1, y1 = found
+        return x0 * scale, y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale
+
+    def mask(self, entity: str) -> np.ndarray:
+        """``[size, size]`` bool: pixels where ``entity`` is visible."""
+        support = self.supports.get(entity)
+        if support is None:
+            return np.zeros((self.size, self.size), bool)
+        visible = Image.fromarray(((support > VISIBLE_DENSITY) * 255).astype(np.uint8))
+        if visible.size[0] != self.size:
+            visible = visible.resize((self.size, self.size), Image.BILINEAR)
+        return np.asarray(visible) >= 128
+
+
+def anatomy_of(case) -> AnatomyParams:
+    from devide.data.phantom.anatomy import sample_anatomy
+
+    patient = np.random.default_rng([case.patient_seed, 0])
+    return sample_anatomy(patient, np.random.default_rng([case.seed, 0]), case.view, case.sex, case.age)
+
+
+def _modified(params: AnatomyParams, findings) -> AnatomyParams:
+    from devide.data.phantom.lesions import RENDERERS
+
+    for f in findings:
+        modify = RENDERERS[f.entity].modify
+        if modify is not None:
+            params = modify(params, f)
+    return params
+
+
+def _density(case, base: AnatomyParams, findings, res: int) -> tuple[np.ndarray, Layers]:
+    from devide.data.phantom.lesions import RENDERERS
+
+    g = Geometry(_modified(base, findings), res, anchor_params=base)
+    layers = Layers(res)
+    for f in findings:
+        layers.current = f.entity
+        RENDERERS[f.entity].draw(g, f, np.random.default_rng([case.seed, f.seed, 1]), layers)
+    layers.current = ""
+    return compose(g, layers), layers
+
+
+def needs_difference(entity: str) -> bool:
+    """Findings whose visible extent is measured by rendering without them (they change the anatomy)."""
+    from devide.data.phantom.lesions import RENDERERS
+
+    return RENDERERS[entity].modify is not None or entity == "fracture"
+
+
+def render_case(case, size: int, exclude: tuple[str, ...] = ()) -> Rendered:
+    """Render ``case`` at ``size`` x ``size`` (optionally without some findings)."""
+    res = render_res(size)
+    base = anatomy_of(case)
+    findings = [f for f in case.findings if f.entity not in exclude]
+    density, layers = _density(case, base, findings, res)
+    supports = dict(layers.footprint)
+    for f in findings:
+        if needs_difference(f.entity):
+            others = [o for o in findings if o is not f]
+            without, _ = _density(case, base, others, res)
+            diff = np.abs(density - without)
+            supports[f.entity] = np.maximum(supports[f.entity], diff) if f.entity in supports else diff
+    return Rendered(to_grey(density, base, size), supports, size)
