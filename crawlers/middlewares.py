@@ -42,7 +42,7 @@ class AllowListMiddleware:
     def process_request(self, request: Request) -> None:
         host = host_of(request.url)
         if host_allowed(host, self.allowed):
-            return None
+            return
         assert self.crawler.stats is not None
         self.crawler.stats.inc_value("devide/offsite_refused")
         logger.info("refused off-domain request %s (allow-list: %s)", request.url, ", ".join(self.allowed) or "empty")
@@ -90,7 +90,8 @@ class BackoffRetryMiddleware(RetryMiddleware):
             if delay > 0:
                 assert self.crawler.stats is not None
                 self.crawler.stats.inc_value("devide/retry_backoff_seconds", delay)
-                from twisted.internet import reactor  # the installed one (importing it early would install epoll)
+                # the installed reactor; importing it at module level would install the default (epoll) one
+                from twisted.internet import reactor
 
                 await maybe_deferred_to_future(deferLater(reactor, delay, lambda: None))
         return result

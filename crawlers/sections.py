@@ -21,8 +21,7 @@ from crawlers.text import clean_text, split_sentences
 HEADING = re.compile(r"^h([2-6])$")
 # Elements whose text is never prose: citation markers, edit links, navigation, tables of contents, figures.
 SKIP_CLASSES = frozenset(
-    "reference mw-editsection reflist references navbox toc thumb hatnote mw-empty-elt metadata "
-    "noprint hidden infobox sidebar citation-needed ref".split()
+    ["reference", "mw-editsection", "reflist", "references", "navbox", "toc", "thumb", "hatnote", "mw-empty-elt", "metadata", "noprint", "hidden", "infobox", "sidebar", "citation-needed", "ref"]
 )
 SKIP_TAGS = frozenset({"sup", "script", "style", "table", "figure", "noscript", "nav", "aside", "img", "math"})
 BLOCK_TAGS = frozenset({"p", "li", "dd", "blockquote"})

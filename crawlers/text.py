@@ -32,7 +32,7 @@ WHITESPACE = re.compile(r"\s+")
 # Tokens that end with a full stop but do not end a sentence (compared case-insensitively, without the dot).
 # Units (cm, mm) are left out on purpose: "measures 2 cm." ends sentences far more often than it abbreviates.
 ABBREVIATIONS = frozenset(
-    "e.g i.e cf vs al approx ca fig figs dr prof mr mrs ms st nos vol ref refs resp incl esp viz".split()
+    ["e.g", "i.e", "cf", "vs", "al", "approx", "ca", "fig", "figs", "dr", "prof", "mr", "mrs", "ms", "st", "nos", "vol", "ref", "refs", "resp", "incl", "esp", "viz"]
 )
 SENTENCE_END = re.compile(r"([.!?])([\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
 

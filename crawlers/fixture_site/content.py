@@ -243,7 +243,7 @@ def _other_modality_heading(text: str) -> str:
 
 def wiki_parser_output(article: WikiArticle) -> str:
     """The ``div.mw-parser-output`` of a page (also what the API's action=parse returns)."""
-    h = lambda level, text, n: _wiki_heading(level, text, article.markup, n, article.title)  # noqa: E731
+    h = lambda level, text, n: _wiki_heading(level, text, article.markup, n, article.title)
     cite = '<sup id="cite_ref-1" class="reference"><a href="#cite_note-1">[1]</a></sup>'
     needed = ('<sup class="noprint Inline-Template Template-Fact">[<i><a href="/wiki/Wikipedia:Citation_needed">'
               'citation needed</a></i>]</sup>')
@@ -253,8 +253,8 @@ def wiki_parser_output(article: WikiArticle) -> str:
         imaging[-1] = imaging[-1] + needed
     depth = len(article.imaging_path)
     parts = [f"<p>{_bold_title(article.intro, article.title, 'b')}{cite}</p>",
-             '<div id="toc" class="toc"><h2 id="mw-toc-heading">Contents</h2><ul><li>Signs and symptoms</li>'
-             '<li>Diagnosis</li></ul></div>',
+             ('<div id="toc" class="toc"><h2 id="mw-toc-heading">Contents</h2><ul><li>Signs and symptoms</li>'
+             '<li>Diagnosis</li></ul></div>'),
              h(2, "Signs and symptoms", 1), f"<p>{escape(article.symptoms)}</p>"]
     for level, heading in enumerate(article.imaging_path, start=2):
         parts.append(h(level, heading, level))

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from crawlers.fixture_site import content as fc
@@ -94,7 +95,7 @@ class FixtureSite:
             thread.join(timeout=5)
         self._servers, self._threads = [], []
 
-    def __enter__(self) -> FixtureSite:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +237,7 @@ def _handler_for(site: FixtureSite, offsite: bool) -> type[BaseHTTPRequestHandle
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             reply = site.respond(self.path, offsite=offsite)
             site.record(site.offsite_host if offsite else site.host, self.path, reply.status,
                         self.headers.get("User-Agent", ""))
@@ -251,7 +252,7 @@ def _handler_for(site: FixtureSite, offsite: bool) -> type[BaseHTTPRequestHandle
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
+        def log_message(self, format: str, *args: object) -> None:
             return  # the request log is site.requests; stderr stays quiet
 
     return Handler

@@ -15,7 +15,8 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import DownloadTimeoutError, IgnoreRequest, UsageError
 from scrapy.http import Response, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
-from twisted.internet.error import DNSLookupError, TimeoutError as TwistedTimeoutError
+from twisted.internet.error import DNSLookupError
+from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.python.failure import Failure
 
 from crawlers.contracts import FIXTURE_ENV
@@ -24,8 +25,15 @@ from crawlers.items import DescriptionItem
 from crawlers.job import CrawlJob, check_policy, host_of
 from crawlers.middlewares import OffsiteRequestRefused
 from crawlers.pipelines import record_error
-from crawlers.sections import Block, ParseError, SectionRule, first, iter_sentences_of, parse_html, walk_blocks
-
+from crawlers.sections import (
+    Block,
+    ParseError,
+    SectionRule,
+    first,
+    iter_sentences_of,
+    parse_html,
+    walk_blocks,
+)
 
 UNKNOWN_LICENCE = "unknown (no licence stated on the page)"
 

@@ -6,9 +6,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -186,7 +184,7 @@ def test_scrapy_check_contracts(tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "scrapy", "check", "encyclopedia", "mediawiki", "-s", "HTTPCACHE_ENABLED=0",
              "-s", "DEVIDE_ALLOWED_DOMAINS=127.0.0.1", "-s", f"DEVIDE_OUTPUT_DIR={tmp_path}", "-s", "DOWNLOAD_DELAY=0"],
-            cwd=REPO / "crawlers", env=env, capture_output=True, text=True, timeout=60)
+            check=False, cwd=REPO / "crawlers", env=env, capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "contracts" in output and "OK" in output
