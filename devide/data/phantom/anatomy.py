@@ -168,10 +168,9 @@ class Geometry:
         dome_v = self.dome_at(ds, side)
         med_keep = vs <= self.dome_at(med, side)
         vs_m, med_m = vs[med_keep][::-1], med[med_keep][::-1]
-        pts = [(self.to_u(d, side), v + shrink * 0.8 * (1 - (v - p.apex) / 0.5)) for d, v in zip(lat_k, vs_k)]
-        pts += [(self.to_u(d, side), v) for d, v in zip(ds, dome_v)]
-        pts += [(self.to_u(d, side, medial=True), v) for d, v in zip(med_m, vs_m)]
-        return [(float(u), float(v)) for u, v in pts]
+        us = np.concatenate([self.to_u(lat_k, side), self.to_u(ds, side), self.to_u(med_m, side, medial=True)])
+        vs_all = np.concatenate([vs_k + shrink * 0.8 * (1 - (vs_k - p.apex) / 0.5), dome_v, vs_m])
+        return list(zip(us.tolist(), vs_all.tolist()))
 
     # ------------------------------------------------------------------ masks
     @cached_property

@@ -8,6 +8,7 @@ Pillow strokes and blurred once, which is far cheaper than evaluating distance f
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 import numpy as np
@@ -19,7 +20,18 @@ from devide.data.phantom.anatomy import SIDES, Geometry, side_sign
 
 def soft_tissue(g: Geometry) -> np.ndarray:
     """Neck, shoulders, chest wall, mediastinum and abdomen; thicker in the middle of the body."""
-    p, res = g.p, g.res
+    p = g.p
+    return _soft_tissue(g.res, p.mx, p.cx, p.tw, p.fat, p.clavicle_v, p.apex, p.sex, p.dome)
+
+
+@lru_cache(maxsize=8)
+def _soft_tissue(res: int, mx: float, cx: float, tw: float, fat: float, clavicle_v: float, apex: float, sex: str,
+                 dome: tuple[float, float]) -> np.ndarray:
+    # cached: the difference renders of a study (and its second image) share the body
+    from devide.data.phantom.anatomy import AnatomyParams
+
+    g = Geometry(AnatomyParams(mx=mx, cx=cx, tw=tw, fat=fat, clavicle_v=clavicle_v, apex=apex, sex=sex, dome=dome), res)
+    p = g.p
     cl = p.clavicle_v
     half = p.tw + p.fat
     outline = [
@@ -34,6 +46,7 @@ def soft_tissue(g: Geometry) -> np.ndarray:
     layer = body * thick
     if p.sex == "F":
         layer += 0.1 * breasts(g)
+    layer.setflags(write=False)
     return layer
 
 
@@ -213,8 +226,18 @@ def _draw_spine(draw: ImageDraw.ImageDraw, g: Geometry) -> None:
         v += height + 0.008
 
 
-def bones(g: Geometry, img: Image.Image) -> np.ndarray:
-    return (0.3 / 255.0) * np.asarray(canvas.blur(img, 0.8 * g.res / 256), dtype=np.float32)
+def bones(g: Geometry, edits: list[dict] | None = None) -> np.ndarray:
+    """The blurred bone layer (cached per anatomy and fracture edits: difference renders share it)."""
+    key = json.dumps(edits or [], sort_keys=True)
+    return _bones(g.p, g.res, key)
+
+
+@lru_cache(maxsize=8)
+def _bones(p, res: int, edits: str) -> np.ndarray:
+    img = draw_bones(Geometry(p, res), json.loads(edits))
+    out = (0.3 / 255.0) * np.asarray(canvas.blur(img, 0.8 * res / 256), dtype=np.float32)
+    out.setflags(write=False)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- vessels
@@ -223,6 +246,16 @@ def bones(g: Geometry, img: Image.Image) -> np.ndarray:
 def vessels(g: Geometry, rng: np.random.Generator) -> np.ndarray:
     """Branching pulmonary vessels from the hila, tapering towards the periphery (masked to the lungs)."""
     p, res = g.p, g.res
+    layer = _vessel_tree(res, g.p.seeds[0], g.hilum("right"), g.hilum("left"), p.vessel_scale)
+    reach = canvas.ramp(0.2, 0.6 * p.vessel_reach, g.air_depth)
+    return 0.11 * layer * reach
+
+
+@lru_cache(maxsize=8)
+def _vessel_tree(res: int, seed: int, right_hilum: canvas.Point, left_hilum: canvas.Point, scale: float) -> np.ndarray:
+    """The drawn vessel trees ``[res, res]`` (cached: they depend only on the patient and the hila)."""
+    rng = np.random.default_rng(seed)
+    hila = {"right": right_hilum, "left": left_hilum}
     img = Image.new("L", (res, res), 0)
     draw = ImageDraw.Draw(img)
     jitter = rng.normal(0.0, 1.0, size=4096)
@@ -234,14 +267,14 @@ def vessels(g: Geometry, rng: np.random.Generator) -> np.ndarray:
 
     for side in SIDES:
         s = side_sign(side)
-        hu, hv = g.hilum(side)
+        hu, hv = hila[side]
         for angle in np.linspace(-120, 100, 7):
             direction = np.deg2rad(angle + 6 * noise())
             length = 0.09 * (1.15 if angle > 30 else 1.0)
-            _branch(draw, noise, res, hu, hv, s, direction, length, 0.01 * p.vessel_scale, 3)
+            _branch(draw, noise, res, hu, hv, s, direction, length, 0.01 * scale, 3)
     layer = np.asarray(canvas.blur(img, 0.8 * res / 256), dtype=np.float32) / 255.0
-    reach = canvas.ramp(0.2, 0.6 * p.vessel_reach, g.air_depth)
-    return 0.11 * layer * reach
+    layer.setflags(write=False)
+    return layer
 
 
 def _branch(draw: ImageDraw.ImageDraw, noise, res: int, u: float, v: float, s: float, angle: float,

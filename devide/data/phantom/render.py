@@ -84,7 +84,7 @@ def compose(g: Geometry, layers: Layers) -> np.ndarray:
     """Density ``[res, res]`` of the study: normal layers modified by the findings' channels."""
     rng = np.random.default_rng(g.p.seeds[0])
     vessels = body.vessels(g, rng)
-    bones = body.bones(g, body.draw_bones(g, layers.bone_edits))
+    bones = body.bones(g, layers.bone_edits)
     air = body.lung_air(g) * (1.0 + layers.lucency) + body.trachea(g) + body.gastric_bubble(g, rng)
     density = body.soft_tissue(g) + body.heart_and_mediastinum(g) + body.marker(g)
     # bones stand out over aerated lung, much less over the abdomen and mediastinum
