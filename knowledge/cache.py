@@ -52,6 +52,8 @@ class AnswerCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: an answer survives a killed process (what reruns need) without an fsync per insert.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
 
     def get(self, key: str) -> CachedAnswer | None:

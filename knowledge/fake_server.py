@@ -79,6 +79,9 @@ class FakeOpenAIServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like real servers: no TCP set-up per request
+            disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
+
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 

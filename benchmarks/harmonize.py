@@ -1,0 +1,184 @@
+"""Harmoniser and labeler benchmark: writes benchmarks/results/harmonize.json.
+
+1. LLM client throughput (items/s) versus concurrency against the loopback fake server with a fixed latency,
+   next to the ideal concurrency / latency (target: >= 0.8 x ideal).
+2. The local backend (llama.cpp + SmolLM2-135M-Instruct): latency per harmonisation request, tokens, and how
+   many answers were valid JSON on the first try (skipped, with the reason, when the extra is missing).
+3. The report labeler: reports/s, and per-entity F1 against the CheXpert-style labels of a MIMIC-CXR style root
+   (``--reports artifacts/demo/phantom/mimic-cxr-jpg``: its mimic-cxr-2.0.0-chexpert.csv.gz is the ground truth).
+
+    .venv/bin/python benchmarks/harmonize.py [--reports ROOT] [--latency 0.2] [--items 32] [--local-requests 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from knowledge.cache import AnswerCache  # noqa: E402
+from knowledge.fake_server import FakeOpenAIServer  # noqa: E402
+from knowledge.harmonizer import render_sources  # noqa: E402
+from knowledge.labeler import ReportLabeler  # noqa: E402
+from knowledge.llm import (  # noqa: E402
+    LOCAL_MODEL_ALIAS, ChatClient, ChatSettings, LocalLlamaServer, local_backend_problem,
+)
+from knowledge.prompts import load_prompt  # noqa: E402
+from knowledge.schema import ASPECTS, answer_schema, parse_answer  # noqa: E402
+from knowledge.sources import SourceItem, report_files  # noqa: E402
+from knowledge.vocabulary import load_vocabulary  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "harmonize.json"
+CHEXPERT_COLUMNS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+                    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+                    "Pleural Other", "Fracture", "Support Devices"]
+
+
+def _messages(i: int, entity: str = "Pneumothorax") -> list[dict[str, str]]:
+    prompt = load_prompt()
+    items = [SourceItem("description", f"A thin white pleural line is seen at the apex in case {i}.", f"d{i}")]
+    return prompt.render(entity_name=entity, entity_id=entity.lower(), aspects=", ".join(ASPECTS),
+                         sources=render_sources(items), max_sentences=2)
+
+
+async def _drive(settings: ChatSettings, n_items: int, cache_dir: Path, contains_reports: bool = False
+                 ) -> tuple[float, list[float], ChatClient]:
+    client = ChatClient(settings, AnswerCache(cache_dir / f"c{settings.concurrency}.sqlite"), "bench",
+                        answer_schema())
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        start = time.perf_counter()
+        await client.chat(_messages(i), lambda c: parse_answer(c, 1), contains_reports=contains_reports)
+        latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n_items)))
+    elapsed = time.perf_counter() - start
+    await client.aclose()
+    return elapsed, latencies, client
+
+
+def bench_concurrency(latency: float, n_items: int, levels: list[int]) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer(latency=latency) as server:
+        warm = Path(tmp) / "warm"  # first SDK call pays imports and connection set-up: not measured
+        warm.mkdir()
+        asyncio.run(_drive(ChatSettings(server.base_url, "fake", concurrency=1, timeout=30), 2, warm))
+        for level in levels:
+            settings = ChatSettings(server.base_url, "fake", concurrency=level, timeout=30)
+            elapsed, _, client = asyncio.run(_drive(settings, n_items, Path(tmp)))
+            ideal = level / latency
+            rows.append({"concurrency": level, "items": n_items, "seconds": round(elapsed, 3),
+                         "items_per_s": round(n_items / elapsed, 2), "ideal_items_per_s": round(ideal, 2),
+                         "ratio_to_ideal": round(n_items / elapsed / ideal, 3), "calls": client.stats.calls})
+            print(f"concurrency {level}: {n_items / elapsed:.2f} items/s (ideal {ideal:.2f}, "
+                  f"ratio {n_items / elapsed / ideal:.2f})")
+    return rows
+
+
+def bench_local(n_requests: int) -> dict:
+    problem = local_backend_problem()
+    if problem:
+        print(f"local backend skipped: {problem}")
+        return {"skipped": problem}
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        with LocalLlamaServer(threads=2, log_path=Path(tmp) / "server.log") as base_url:
+            startup = time.perf_counter() - started
+            settings = ChatSettings(base_url, LOCAL_MODEL_ALIAS, api_key_env=None, concurrency=1, timeout=120,
+                                    max_tokens=256, response_format="json_object")
+            elapsed, latencies, client = asyncio.run(_drive(settings, n_requests, Path(tmp), contains_reports=True))
+    stats = client.stats.as_dict()
+    result = {"requests": n_requests, "server_start_s": round(startup, 2),
+              "latency_median_s": round(statistics.median(latencies), 3),
+              "latency_max_s": round(max(latencies), 3), "calls": stats["calls"], "reasks": stats["reasks"],
+              "failures": stats["failures"], "completion_tokens": stats["completion_tokens"],
+              "prompt_tokens": stats["prompt_tokens"], "models": stats["models"]}
+    print(f"local SmolLM2: start {startup:.1f} s, median latency {result['latency_median_s']} s/request "
+          f"(concurrency 1, sequential calls in gather), re-asks {stats['reasks']}")
+    return result
+
+
+def _read_chexpert(root: Path) -> dict[str, dict[str, int]]:
+    import pandas as pd
+
+    frame = pd.read_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz")
+    truth = {}
+    for row in frame.itertuples(index=False):
+        values = row._asdict()
+        labels = {c: int(values[c.replace(" ", "_")]) for c in CHEXPERT_COLUMNS
+                  if c.replace(" ", "_") in values and values[c.replace(" ", "_")] == values[c.replace(" ", "_")]}
+        truth[f"s{int(values['study_id'])}"] = labels
+    return truth
+
+
+def bench_labeler(root: Path | None, synthetic: int) -> dict:
+    vocab = load_vocabulary()
+    labeler = ReportLabeler(vocab)
+    if root is None or not root.is_dir():
+        texts = [" FINDINGS: Small left pleural effusion, not significantly changed. No pneumothorax. Heart size "
+                 f"is normal.\n \n IMPRESSION: {i % 3 + 1}. Possible right lower lobe pneumonia." for i in range(synthetic)]
+        start = time.perf_counter()
+        for text in texts:
+            labeler.label(text)
+        elapsed = time.perf_counter() - start
+        print(f"labeler: {len(texts) / elapsed:.0f} reports/s (synthetic reports; no --reports root for F1)")
+        return {"reports": len(texts), "reports_per_s": round(len(texts) / elapsed, 1), "f1": None}
+    files = list(report_files(root))
+    texts = {p.stem: p.read_text(encoding="utf-8", errors="replace") for p in files}
+    start = time.perf_counter()
+    predicted = {study: labeler.label(text) for study, text in texts.items()}
+    elapsed = time.perf_counter() - start
+    truth = _read_chexpert(root)
+    f1 = {}
+    for column in CHEXPERT_COLUMNS:
+        entity = vocab.from_label("chexpert", column)
+        tp = fp = fn = 0
+        for study, labels in truth.items():
+            gold = labels.get(column) == 1
+            pred = predicted.get(study, {}).get(entity) == 1
+            tp += gold and pred
+            fp += pred and not gold
+            fn += gold and not pred
+        support = tp + fn
+        f1[column] = {"f1": round(2 * tp / (2 * tp + fp + fn), 3) if (tp + fp + fn) else None, "support": support}
+    print(f"labeler: {len(texts) / elapsed:.0f} reports/s on {len(texts)} reports; F1 (positive) per label:")
+    for column, value in f1.items():
+        print(f"  {column:28} {value['f1']}  (n={value['support']})")
+    return {"reports": len(texts), "reports_per_s": round(len(texts) / elapsed, 1), "f1": f1, "root": str(root)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reports", type=Path, help="MIMIC-CXR style root with mimic-cxr-2.0.0-chexpert.csv.gz")
+    parser.add_argument("--latency", type=float, default=0.2, help="fake server latency per request (s)")
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--local-requests", type=int, default=5)
+    parser.add_argument("--synthetic-reports", type=int, default=2000)
+    args = parser.parse_args()
+    os.environ.setdefault("DEVIDE_QUIET", "1")
+    result = {
+        "concurrency": bench_concurrency(args.latency, args.items, args.levels),
+        "fake_latency_s": args.latency,
+        "local_smollm2": bench_local(args.local_requests),
+        "labeler": bench_labeler(args.reports, args.synthetic_reports),
+        "cpu_count": os.cpu_count(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
