@@ -31,12 +31,15 @@ from knowledge.sources import SourceItem
 from knowledge.vocabulary import Vocabulary
 
 logger = logging.getLogger("devide.harmonize")
-_STOPWORDS = frozenset(
-    "a an the of in on at to for from by with and or as is are was were be been being it its this that these those "
-    "which who whom there their they them than then into onto over under may can could might should would will "
-    "often usually typically most more less very also such one two both each any all some other seen see shows show "
-    "showing appears appear appearance finding findings radiograph radiographs chest film films image images".split()
-)
+_STOPWORDS = frozenset({
+    "a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "as", "is",
+    "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "which",
+    "who", "whom", "there", "their", "they", "them", "than", "then", "into", "onto", "over", "under", "may",
+    "can", "could", "might", "should", "would", "will", "often", "usually", "typically", "most", "more",
+    "less", "very", "also", "such", "one", "two", "both", "each", "any", "all", "some", "other", "seen",
+    "see", "shows", "show", "showing", "appears", "appear", "appearance", "finding", "findings", "radiograph",
+    "radiographs", "chest", "film", "films", "image", "images",
+})
 
 
 # ---------------------------------------------------------------------------------------------- grounding

@@ -13,8 +13,9 @@ a negation scope ("no findings to suggest pneumonia") is negated.
 
 Labels per study: 1 present, 0 absent, -1 uncertain; entities never mentioned are absent from the dict. Across
 mentions, present beats uncertain beats absent (a study that says "no effusion on the left, small effusion on
-the right" has an effusion). A present specific device sets ``support_devices``. ``no_finding`` is 1 when stated ("no acute cardiopulmonary process") or when
-every mentioned finding is absent, and 0 as soon as any non-device finding is present or uncertain.
+the right" has an effusion). A present specific device sets ``support_devices``. ``no_finding`` is 1 when
+stated ("no acute cardiopulmonary process") or when every mentioned finding is absent, and 0 as soon as any
+non-device finding is present or uncertain.
 
 Optional: :func:`labels_from_radgraph` converts a RadGraph annotation (OBS-DP/OBS-DA/OBS-U) to the same labels.
 """

@@ -397,7 +397,7 @@ class LocalLlamaServer:
                 raise LLMError(f"llama.cpp server exited with code {self.process.returncode} during start-up"
                                f"{f' (see {self.log_path})' if self.log_path else ''}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, OSError):

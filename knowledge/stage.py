@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +29,13 @@ from knowledge.cache import AnswerCache
 from knowledge.harmonizer import EntityResult, Harmonizer, HarmonizerSettings, rules_only
 from knowledge.labeler import ReportLabeler
 from knowledge.llm import (
-    LOCAL_MODEL_ALIAS, ChatClient, ChatSettings, EndpointError, LocalLlamaServer, PrivacyError, is_loopback_url,
+    LOCAL_MODEL_ALIAS,
+    ChatClient,
+    ChatSettings,
+    EndpointError,
+    LocalLlamaServer,
+    PrivacyError,
+    is_loopback_url,
     local_backend_problem,
 )
 from knowledge.prompts import DEFAULT_PROMPT, load_prompt

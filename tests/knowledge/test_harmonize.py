@@ -34,9 +34,9 @@ FAULTS = {
 
 
 def llm_config(server: FakeOpenAIServer, **over):
-    config = dict(entities=ENTITIES, backend="openai", base_url=server.base_url, model="fake",
-                  llm_sources=["definition", "description"], timeout=5.0, max_retries=2, max_reasks=1,
-                  concurrency=3, sentences_per_request=2)
+    config = {"entities": ENTITIES, "backend": "openai", "base_url": server.base_url, "model": "fake",
+                  "llm_sources": ["definition", "description"], "timeout": 5.0, "max_retries": 2, "max_reasks": 1,
+                  "concurrency": 3, "sentences_per_request": 2}
     return {**config, **over}
 
 
@@ -226,7 +226,7 @@ def test_local_backend_starts_server_only_on_cache_miss(tmp_path, descriptions, 
     monkeypatch.setattr("knowledge.stage.local_backend_problem", lambda: None)
     monkeypatch.setattr("knowledge.stage.LocalLlamaServer", _FakeLocalServer)
     _FakeLocalServer.starts = 0
-    config = dict(descriptions=descriptions, entities=["pneumothorax", "pleural_effusion"])
+    config = {"descriptions": descriptions, "entities": ["pneumothorax", "pleural_effusion"]}
     first, _ = harmonize(tmp_path / "kb", **config)
     assert _FakeLocalServer.starts == 1 and first.manifest["counts"]["llm_calls"] == 2
     assert first.manifest["counts"]["backend_used"] == "local"

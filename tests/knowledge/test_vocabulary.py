@@ -4,13 +4,16 @@ import pytest
 
 from knowledge.vocabulary import DATASETS, VocabularyError, load_vocabulary, parse_vocabulary
 
-CONTRACT_IDS = (
-    "atelectasis cardiomegaly pleural_effusion infiltration mass nodule pneumonia pneumothorax consolidation edema "
-    "emphysema fibrosis pleural_thickening hernia fracture support_devices lung_opacity enlarged_cardiomediastinum "
-    "lung_lesion pleural_other no_finding"
-).split()
-CHESTXRAY14 = ("Atelectasis Cardiomegaly Effusion Infiltration Mass Nodule Pneumonia Pneumothorax Consolidation Edema "
-               "Emphysema Fibrosis Pleural_Thickening Hernia").split()
+CONTRACT_IDS = [
+    "atelectasis", "cardiomegaly", "pleural_effusion", "infiltration", "mass", "nodule", "pneumonia",
+    "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural_thickening", "hernia",
+    "fracture", "support_devices", "lung_opacity", "enlarged_cardiomediastinum", "lung_lesion",
+    "pleural_other", "no_finding",
+]
+CHESTXRAY14 = [
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+]
 CHEXPERT = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
             "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
             "Fracture", "Support Devices"]
