@@ -11,7 +11,7 @@ themselves anatomically and some (cardiomegaly, emphysema, volume loss) change t
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -175,9 +175,8 @@ class Geometry:
     # ------------------------------------------------------------------ masks
     @cached_property
     def lung(self) -> np.ndarray:
-        """Both lungs ``[res, res]`` (drawn together, blurred once)."""
-        outlines = [self.lung_outline(s) for s in SIDES]
-        return canvas.polygon_mask(outlines, self.res, blur_px=0.8 * self.res / 256)
+        """Both lungs ``[res, res]`` (drawn together, blurred once; cached per lung outline)."""
+        return _lung_mask(restricted(self.p, LUNG_FIELDS), self.res)
 
     @cached_property
     def lungs(self) -> dict[str, np.ndarray]:
@@ -190,8 +189,7 @@ class Geometry:
         """Relative thickness of aerated lung along the beam: thick centrally, thin at the edges."""
         # blurred from the lungs as they were before findings changed them, so that moving one border
         # (a wider mediastinum, a raised dome) changes the air column only near that border
-        depth = canvas.wide_blur(self.anchor.lung, 0.045 * self.res)
-        return self.lung * np.minimum(depth * 1.7, 1.0)
+        return self.lung * _depth_profile(restricted(self.anchor.p, LUNG_FIELDS), self.res)
 
     @property
     def heart_width(self) -> float:
@@ -222,7 +220,7 @@ class Geometry:
 
     @cached_property
     def heart(self) -> np.ndarray:
-        return canvas.polygon_mask(self.heart_outline(), self.res, blur_px=0.9 * self.res / 256)
+        return _heart_mask(restricted(self.p, HEART_FIELDS), self.anchor.p.dome, self.res)
 
     @property
     def heart_box(self) -> tuple[float, float, float, float]:
@@ -263,3 +261,40 @@ class Geometry:
     def lung_width_at(self, v: float, side: str) -> tuple[float, float]:
         """(medial, lateral) distances from the midline at height ``v``."""
         return float(self.medial(np.float32(v), side)), float(self.lateral(np.float32(v)))
+
+
+# ---------------------------------------------------------------------------------------------- cached masks
+# A study is often composed twice (with and without a finding that changes the anatomy) and the layers are
+# keyed by the parameters they depend on, so the second composition redraws only what the finding changed.
+
+LUNG_FIELDS = ("apex", "tw", "med_w", "knob", "dome", "cp_depth", "dome_curve", "cx", "mx")
+HEART_FIELDS = ("ctr", "tw", "heart_left", "heart_top", "med_w", "mx")
+
+
+def restricted(p: AnatomyParams, fields: tuple[str, ...]) -> AnatomyParams:
+    """``p`` with every field outside ``fields`` at its default: a cache key that changes only with ``fields``
+    (the cached layers are drawn from it, so a layer reading another field would come out visibly wrong)."""
+    return AnatomyParams(**{name: getattr(p, name) for name in fields})
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+@lru_cache(maxsize=16)
+def _lung_mask(p: AnatomyParams, res: int) -> np.ndarray:
+    g = Geometry(p, res)
+    return _frozen(canvas.polygon_mask([g.lung_outline(s) for s in SIDES], res, blur_px=0.8 * res / 256))
+
+
+@lru_cache(maxsize=8)
+def _depth_profile(p: AnatomyParams, res: int) -> np.ndarray:
+    """Wide blur of the lungs, scaled so that the middle of a lung reaches full depth ``[res, res]``."""
+    return _frozen(np.minimum(canvas.wide_blur(_lung_mask(p, res), 0.045 * res) * 1.7, 1.0))
+
+
+@lru_cache(maxsize=16)
+def _heart_mask(p: AnatomyParams, anchor_dome: tuple[float, float], res: int) -> np.ndarray:
+    g = Geometry(p, res, anchor_params=replace(p, dome=anchor_dome))
+    return _frozen(canvas.polygon_mask(g.heart_outline(), res, blur_px=0.9 * res / 256))

@@ -9,19 +9,21 @@ Pillow strokes and blurred once, which is far cheaper than evaluating distance f
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from devide.data.phantom import canvas
-from devide.data.phantom.anatomy import SIDES, Geometry, side_sign
+from devide.data.phantom.anatomy import SIDES, Geometry, restricted, side_sign
 
 
 def soft_tissue(g: Geometry) -> np.ndarray:
     """Neck, shoulders, chest wall, mediastinum and abdomen; thicker in the middle of the body."""
     p = g.p
-    return _soft_tissue(g.res, p.mx, p.cx, p.tw, p.fat, p.clavicle_v, p.apex, p.sex, p.dome)
+    dome = p.dome if p.sex == "F" else (0.0, 0.0)  # the domes only place the breast shadows
+    return _soft_tissue(g.res, p.mx, p.cx, p.tw, p.fat, p.clavicle_v, p.apex, p.sex, dome)
 
 
 @lru_cache(maxsize=8)
@@ -70,15 +72,23 @@ def breasts(g: Geometry) -> np.ndarray:
     return canvas.polygon_mask(shapes, res, blur_px=2.0 * res / 256) * canvas.ramp(p.dome[0] - 0.16, p.dome[0] - 0.02, vv)
 
 
+AIR_PER_DEPTH = 0.58  # density of the air column at full lung depth
+RETROCARDIAC_AIR_LOSS = 0.62  # share of that air the heart displaces
+HEART_DENSITY = 0.1
+
+
 def lung_air(g: Geometry) -> np.ndarray:
     """Air in the lungs (subtracted from the density); thinner behind the heart."""
-    return 0.58 * g.p.air * g.air_depth * (1.0 - 0.62 * g.heart)
+    return AIR_PER_DEPTH * g.p.air * g.air_depth * (1.0 - RETROCARDIAC_AIR_LOSS * g.heart)
 
 
 def heart_and_mediastinum(g: Geometry) -> np.ndarray:
-    p, res = g.p, g.res
-    hila = sum(canvas.blob(res, *g.hilum(s), 0.02, 0.035, power=1.5) for s in SIDES)
-    return 0.1 * g.heart + 0.1 * hila
+    return HEART_DENSITY * g.heart + _hila(g.res, g.hilum("right"), g.hilum("left"))
+
+
+@lru_cache(maxsize=8)
+def _hila(res: int, right: canvas.Point, left: canvas.Point) -> np.ndarray:
+    return 0.1 * (canvas.blob(res, *right, 0.02, 0.035, power=1.5) + canvas.blob(res, *left, 0.02, 0.035, power=1.5))
 
 
 def trachea(g: Geometry) -> np.ndarray:
@@ -92,7 +102,7 @@ def trachea(g: Geometry) -> np.ndarray:
         s = side_sign(side)
         canvas.draw_polyline(draw, [(cu, cv - 0.005), (cu + s * 0.03, cv + 0.022), (cu + s * 0.055, cv + 0.05)],
                              res, 0.014, 180)
-    return 0.2 / 255.0 * np.asarray(canvas.blur(img, 1.3 * res / 256), dtype=np.float32)
+    return canvas.soft(img, 1.3 * res / 256, scale=0.2 / 255.0)
 
 
 def gastric_bubble(g: Geometry, rng: np.random.Generator) -> np.ndarray:
@@ -109,18 +119,23 @@ def posterior_rib(g: Geometry, side: str, k: int) -> list[canvas.Point]:
     """Centre line of posterior rib ``k`` (0 = first rib): up from the spine, then curving down laterally."""
     p = g.p
     top = p.apex - 0.05 + p.rib_spacing * (k + 0.06 * k * k) * 0.95
-    ss = np.linspace(0.08, 1.08, 12)
-    vs = top - 0.05 * ss + 0.13 * ss * ss + 0.05 * np.clip(ss - 0.85, 0, None)
-    return [(float(g.to_u(s * p.tw, side, medial=True)), float(v)) for s, v in zip(ss, vs)]
+    us = p.mx + side_sign(side) * p.tw * _RIB_S
+    vs = top + _RIB_DV
+    return list(zip(us.tolist(), vs.tolist()))
+
+
+_RIB_S = np.linspace(0.08, 1.08, 12)
+_RIB_DV = -0.05 * _RIB_S + 0.13 * _RIB_S * _RIB_S + 0.05 * np.clip(_RIB_S - 0.85, 0, None)
+_ANTERIOR_S = np.linspace(1.02, 0.3, 8)
+_ANTERIOR_DV = 0.17 * np.clip(1.0 - _ANTERIOR_S, 0, None) ** 1.1 + 0.03 * np.clip(_ANTERIOR_S - 0.9, 0, None)
 
 
 def anterior_rib(g: Geometry, side: str, k: int) -> list[canvas.Point]:
     """Centre line of anterior rib ``k``: from the lateral wall sloping down medially to the cartilage."""
     p = g.p
     top = p.apex + 0.005 + p.rib_spacing * 1.3 * k
-    ss = np.linspace(1.02, 0.3, 8)
-    vs = top + 0.17 * np.clip(1.0 - ss, 0, None) ** 1.1 + 0.03 * np.clip(ss - 0.9, 0, None)
-    return [(float(g.to_u(s * p.tw, side)), float(v)) for s, v in zip(ss, vs)]
+    us = p.cx + side_sign(side) * p.tw * _ANTERIOR_S
+    return list(zip(us.tolist(), (top + _ANTERIOR_DV).tolist()))
 
 
 def clavicle_points(g: Geometry, side: str) -> list[canvas.Point]:
@@ -129,7 +144,7 @@ def clavicle_points(g: Geometry, side: str) -> list[canvas.Point]:
     ds = np.linspace(0.03, p.tw + 0.06, 14)
     t = (ds - ds[0]) / (ds[-1] - ds[0])
     vs = p.clavicle_v + 0.03 - rise * t - 0.012 * np.sin(np.pi * t * 1.7)
-    return [(float(g.to_u(d, side, medial=True)), float(v)) for d, v in zip(ds, vs)]
+    return list(zip((p.mx + side_sign(side) * ds).tolist(), vs.tolist()))
 
 
 def draw_bones(g: Geometry, edits: list[dict] | None = None) -> Image.Image:
@@ -213,13 +228,28 @@ def _draw_break(draw: ImageDraw.ImageDraw, points: list[canvas.Point], edit: dic
     canvas.draw_polyline(draw, line, res, max(0.0045, 0.18 * width), 0)
 
 
+_CORNER = [(math.cos(a), math.sin(a)) for a in np.linspace(0.0, math.pi / 2, 4)]
+
+
+def _rounded_box(u0: float, v0: float, u1: float, v1: float, radius: float, res: int) -> list[canvas.Point]:
+    """Outline (pixels) of a rectangle with rounded corners (each a 4-vertex arc): one polygon fill, where
+    Pillow's rounded_rectangle draws four pie slices."""
+    x0, y0, x1, y1, r = u0 * res, v0 * res, u1 * res, v1 * res, max(1.0, radius * res)
+    corners = ((x1 - r, y1 - r, 1, 1), (x0 + r, y1 - r, -1, 1), (x0 + r, y0 + r, -1, -1), (x1 - r, y0 + r, 1, -1))
+    out = []
+    for i, (cx, cy, sx, sy) in enumerate(corners):
+        arc = _CORNER if i % 2 == 0 else _CORNER[::-1]
+        out += [(cx + sx * r * c, cy + sy * r * s) for c, s in arc]
+    return out
+
+
 def _draw_spine(draw: ImageDraw.ImageDraw, g: Geometry) -> None:
     p, res = g.p, g.res
     v = 0.0
     while v < 1.0:
         height = 0.033 + 0.012 * v
-        draw.rounded_rectangle(canvas.to_px([(p.mx - 0.028 - 0.01 * v, v), (p.mx + 0.028 + 0.01 * v, v + height)],
-                                            res), radius=max(1, int(0.006 * res)), fill=38)
+        draw.polygon(_rounded_box(p.mx - 0.028 - 0.01 * v, v, p.mx + 0.028 + 0.01 * v, v + height, 0.006, res),
+                     fill=38)
         for s in (-1, 1):  # pedicles
             cu = p.mx + s * (0.022 + 0.008 * v)
             draw.ellipse(canvas.to_px([(cu - 0.006, v + 0.006), (cu + 0.006, v + 0.018)], res), fill=55)
@@ -229,13 +259,16 @@ def _draw_spine(draw: ImageDraw.ImageDraw, g: Geometry) -> None:
 def bones(g: Geometry, edits: list[dict] | None = None) -> np.ndarray:
     """The blurred bone layer (cached per anatomy and fracture edits: difference renders share it)."""
     key = json.dumps(edits or [], sort_keys=True)
-    return _bones(g.p, g.res, key)
+    return _bones(restricted(g.p, BONE_FIELDS), g.res, key)
+
+
+BONE_FIELDS = ("tw", "apex", "rib_spacing", "mx", "cx", "view", "clavicle_v")
 
 
 @lru_cache(maxsize=8)
 def _bones(p, res: int, edits: str) -> np.ndarray:
     img = draw_bones(Geometry(p, res), json.loads(edits))
-    out = (0.3 / 255.0) * np.asarray(canvas.blur(img, 0.8 * res / 256), dtype=np.float32)
+    out = canvas.soft(img, 0.8 * res / 256, scale=0.3 / 255.0)
     out.setflags(write=False)
     return out
 
@@ -258,12 +291,12 @@ def _vessel_tree(res: int, seed: int, right_hilum: canvas.Point, left_hilum: can
     hila = {"right": right_hilum, "left": left_hilum}
     img = Image.new("L", (res, res), 0)
     draw = ImageDraw.Draw(img)
-    jitter = rng.normal(0.0, 1.0, size=4096)
+    jitter = rng.normal(0.0, 1.0, size=4096).tolist()
     pos = [0]
 
     def noise() -> float:
         pos[0] += 1
-        return float(jitter[pos[0] % 4096])
+        return jitter[pos[0] % 4096]
 
     for side in SIDES:
         s = side_sign(side)
@@ -272,23 +305,23 @@ def _vessel_tree(res: int, seed: int, right_hilum: canvas.Point, left_hilum: can
             direction = np.deg2rad(angle + 6 * noise())
             length = 0.09 * (1.15 if angle > 30 else 1.0)
             _branch(draw, noise, res, hu, hv, s, direction, length, 0.01 * scale, 3)
-    layer = np.asarray(canvas.blur(img, 0.8 * res / 256), dtype=np.float32) / 255.0
+    layer = canvas.soft(img, 0.8 * res / 256)
     layer.setflags(write=False)
     return layer
 
 
 def _branch(draw: ImageDraw.ImageDraw, noise, res: int, u: float, v: float, s: float, angle: float,
             length: float, width: float, depth: int) -> None:
-    # angle: 0 points laterally, +90 down; s mirrors it for the two lungs
-    du = s * np.cos(angle) * length
-    dv = np.sin(angle) * length
+    # angle: 0 points laterally, +90 down; s mirrors it for the two lungs (math, not numpy: scalar calls)
+    du = s * math.cos(angle) * length
+    dv = math.sin(angle) * length
     end = (u + du, v + dv)
     mid = (u + du * 0.5 + 0.005 * noise(), v + dv * 0.5 + 0.005 * noise())
     canvas.draw_polyline(draw, [(u, v), mid, end], res, width, int(255 * 0.8 ** (3 - depth)))
     if depth == 0:
         return
     for turn in (-1.0, 1.0):
-        spread = np.deg2rad(26 + 7 * noise())
+        spread = math.radians(26 + 7 * noise())
         _branch(draw, noise, res, end[0], end[1], s, angle + turn * spread, length * (0.75 + 0.05 * noise()),
                 width * 0.7, depth - 1)
 

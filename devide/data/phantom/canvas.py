@@ -2,12 +2,14 @@
 
 All arrays are float32 ``[R, R]`` in *normalised* image coordinates: ``u`` runs left->right and ``v``
 top->bottom over ``[0, 1)``; the patient's right side is on the image's left, as on a frontal radiograph.
-Shapes are drawn with Pillow (C speed) into 8-bit masks and blurred there, which keeps one render at
-256 x 256 within a few milliseconds.
+Shapes are drawn with Pillow (C speed) into 8-bit images; thick strokes are filled as one outline polygon
+(Pillow's round joints cost a pie slice per vertex). Soft edges are a separable Gaussian in numpy applied
+only inside the bounding box of what was drawn, so a small lesion costs a small window, not a full frame.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -44,7 +46,7 @@ def polygon_mask(points: Sequence[Point] | Sequence[Sequence[Point]], res: int, 
     polygons = [points] if points and isinstance(points[0][0], (int, float, np.floating)) else points
     for poly in polygons:
         draw.polygon(to_px(poly, res), fill=255)
-    return _to_float(blur(img, blur_px))
+    return soft(img, blur_px)
 
 
 def polyline_mask(points: Sequence[Point], res: int, width: float, blur_px: float = 0.0,
@@ -52,13 +54,40 @@ def polyline_mask(points: Sequence[Point], res: int, width: float, blur_px: floa
     """A stroked polyline (normalised vertices, ``width`` in normalised units) as a soft mask."""
     img = Image.new("L", (res, res), 0)
     draw_polyline(ImageDraw.Draw(img), points, res, width, value)
-    return _to_float(blur(img, blur_px))
+    return soft(img, blur_px)
 
 
 def draw_polyline(draw: ImageDraw.ImageDraw, points: Sequence[Point], res: int, width: float,
                   value: int = 255) -> None:
+    """Stroke a polyline ``width`` (normalised) wide. Strokes of 3 px and more are filled as one mitred outline
+    polygon (smooth joints at the cost of a single fill); thinner ones as plain segments."""
     px = max(1, int(round(width * res)))
-    draw.line(to_px(points, res), fill=value, width=px, joint="curve")
+    pts = [(float(u) * res, float(v) * res) for u, v in points]
+    if px < 3 or len(pts) < 3:
+        draw.line(pts, fill=value, width=px)
+        return
+    draw.polygon(stroke_outline(pts, px / 2.0), fill=value)
+
+
+def stroke_outline(pts: Sequence[Point], half_width: float) -> list[Point]:
+    """Outline polygon of a polyline ``pts`` (pixels) stroked ``2 * half_width`` wide, with butt ends and mitred
+    joints (mitre length capped at twice the half width). Plain Python: the polylines have a few dozen
+    vertices, where numpy's per-call overhead dominates."""
+    normals = []
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+        length = math.hypot(x1 - x0, y1 - y0) or 1e-9
+        normals.append((-(y1 - y0) / length, (x1 - x0) / length))
+    offsets = [normals[0]]
+    for (ax, ay), (bx, by) in zip(normals[:-1], normals[1:]):
+        mx, my = ax + bx, ay + by
+        norm = math.hypot(mx, my) or 1e-9
+        mx, my = mx / norm, my / norm
+        scale = 1.0 / max(mx * bx + my * by, 0.5)  # 1 / cos(half the turn), capped at 2
+        offsets.append((mx * scale, my * scale))
+    offsets.append(normals[-1])
+    left = [(x + half_width * ox, y + half_width * oy) for (x, y), (ox, oy) in zip(pts, offsets)]
+    right = [(x - half_width * ox, y - half_width * oy) for (x, y), (ox, oy) in zip(pts, offsets)]
+    return left + right[::-1]
 
 
 def blur(img: Image.Image, radius_px: float) -> Image.Image:
@@ -67,6 +96,71 @@ def blur(img: Image.Image, radius_px: float) -> Image.Image:
 
 def _to_float(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+
+
+@lru_cache(maxsize=64)
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian weights out to 2.5 sigma (what an 8-bit mask can resolve)."""
+    reach = max(1, int(np.ceil(2.5 * sigma)))
+    x = np.arange(-reach, reach + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def gaussian(a: np.ndarray, sigma: float, edges: str = "extend") -> np.ndarray:
+    """Separable Gaussian blur of a float32 array ``[h, w]``; returns a new ``[h, w]`` array.
+
+    ``edges="extend"`` repeats the border pixels (as Pillow does); ``"zero"`` treats the outside as 0, which
+    skips the padding copy and is exact for windows that already carry a zero margin.
+    """
+    if sigma <= 0:
+        return a.astype(np.float32, copy=True)
+    taps = gaussian_taps(round(float(sigma), 4))
+    reach = taps.size // 2
+    if edges == "extend":
+        padded = np.pad(a, reach, mode="edge")
+        return _blur_zero(padded, taps)[reach:-reach, reach:-reach]
+    return _blur_zero(a, taps)
+
+
+def _blur_zero(a: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    reach = taps.size // 2
+    for axis in (0, 1):
+        out = a * taps[reach]
+        n = a.shape[axis]
+        for k in range(1, min(reach, n - 1) + 1):
+            w = taps[reach + k]  # symmetric: the same weight for the pixel k before and k after
+            if axis == 0:
+                out[k:] += w * a[:-k]
+                out[:-k] += w * a[k:]
+            else:
+                out[:, k:] += w * a[:, :-k]
+                out[:, :-k] += w * a[:, k:]
+        a = out
+    return a
+
+
+def soft(img: Image.Image, radius_px: float, scale: float = 1.0 / 255.0) -> np.ndarray:
+    """An 8-bit drawing as float32 ``[h, w]`` (``value * scale``) with Gaussian soft edges of ``radius_px``.
+
+    Only the bounding box of what was drawn (plus the blur's reach) is blurred: everything else is zero, which
+    is exactly what a full-frame blur would give there.
+    """
+    h, w = img.size[1], img.size[0]
+    out = np.zeros((h, w), np.float32)
+    box = img.getbbox()
+    if box is None:
+        return out
+    reach = int(np.ceil(2.5 * radius_px)) + 1 if radius_px > 0 else 0
+    x0, y0 = max(0, box[0] - reach), max(0, box[1] - reach)
+    x1, y1 = min(w, box[2] + reach), min(h, box[3] + reach)
+    window = np.asarray(img.crop((x0, y0, x1, y1)), dtype=np.float32)
+    if radius_px > 0:
+        # a drawing cut by the image border continues beyond it; elsewhere the window has a zero margin
+        touches_border = x0 == 0 or y0 == 0 or x1 == w or y1 == h
+        window = gaussian(window, radius_px, "extend" if touches_border else "zero")
+    out[y0:y1, x0:x1] = window * scale
+    return out
 
 
 def soft_blur(mask: np.ndarray, radius_px: float) -> np.ndarray:

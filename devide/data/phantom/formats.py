@@ -102,7 +102,7 @@ def mask_to_rle(mask: np.ndarray) -> str:
     starts, ends = edges[0::2], edges[1::2]
     previous_end = np.concatenate([[0], ends[:-1]])
     pairs = np.stack([starts - previous_end, ends - starts], axis=1).reshape(-1)
-    return " ".join(str(int(x)) for x in pairs)
+    return " ".join(map(str, pairs.tolist()))
 
 
 def rle_to_mask(rle: str, width: int, height: int) -> np.ndarray:

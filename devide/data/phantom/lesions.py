@@ -178,7 +178,7 @@ def _air_bronchograms(g: Geometry, rng: np.random.Generator, start: canvas.Point
 
     for offset in (-0.5, 0.0, 0.5):
         grow(start[0], start[1], direction + offset, length, 2)
-    return np.asarray(canvas.blur(img, 0.6), dtype=np.float32) / 255.0
+    return canvas.soft(img, 0.6)
 
 
 LOBES = {"RUL": ("right", "upper"), "RML": ("right", "mid"), "RLL": ("right", "lower"),
@@ -265,7 +265,7 @@ def draw_edema(g: Geometry, f: Finding, rng: np.random.Generator, layers: Layers
             wall = float(g.anchor.lateral(np.float32(v)))
             canvas.draw_polyline(draw, [(float(g.to_u(wall, side)), v), (float(g.to_u(wall - cm(g, 1.5), side)), v)],
                                  g.res, 0.004, 255)
-    kerley = np.asarray(canvas.blur(img, 0.5), dtype=np.float32) / 255.0 * g.lung
+    kerley = canvas.soft(img, 0.5) * g.lung
     layers.fill(severity * haze)
     layers.prune_vessels(0.6 * haze)
     layers.density(0.06 * kerley)
@@ -291,7 +291,7 @@ def draw_atelectasis(g: Geometry, f: Finding, rng: np.random.Generator, layers: 
         tilt = float(rng.uniform(-0.15, 0.15))
         canvas.draw_polyline(draw, [(cu - half, cv - tilt * half), (cu, cv + 0.003), (cu + half, cv + tilt * half)],
                              g.res, cm(g, float(rng.uniform(0.3, 0.5))), 255)
-    plates = np.asarray(canvas.blur(img, 0.8), dtype=np.float32) / 255.0 * g.lungs[side]
+    plates = canvas.soft(img, 0.8) * g.lungs[side]
     layers.fill(0.9 * plates)
 
 
@@ -333,7 +333,7 @@ def draw_mass(g: Geometry, f: Finding, rng: np.random.Generator, layers: Layers)
             reach = r * float(rng.uniform(1.25, 1.6))
             canvas.draw_polyline(draw, [(cu + 0.8 * r * np.cos(angle), cv + 0.8 * r * np.sin(angle)),
                                         (cu + reach * np.cos(angle), cv + reach * np.sin(angle))], g.res, 0.004, 255)
-        layer += 0.12 * np.asarray(canvas.blur(img, 0.5), dtype=np.float32) / 255.0 * g.lung
+        layer += 0.12 * canvas.soft(img, 0.5) * g.lung
     layers.density(layer)
 
 
@@ -410,13 +410,13 @@ def draw_fracture(g: Geometry, f: Finding, rng: np.random.Generator, layers: Lay
     side = f.side or "right"
     healing = f.variant == "healing"
     if f.variant == "clavicle":
-        layers.bone_edits.append({"bone": "clavicle", "side": side, "t": float(rng.uniform(0.4, 0.6)),
+        layers.bone_edit({"bone": "clavicle", "side": side, "t": float(rng.uniform(0.4, 0.6)),
                                   "shift": cm(g, float(rng.uniform(0.9, 1.4))), "callus": False})
         return
     first = int(rng.integers(4, 7))
     t = float(rng.uniform(0.72, 0.88))
     for k in range(first, first + int(rng.integers(2, 4))):
-        layers.bone_edits.append({"bone": "rib", "side": side, "k": k, "t": t + float(rng.uniform(-0.03, 0.03)),
+        layers.bone_edit({"bone": "rib", "side": side, "k": k, "t": t + float(rng.uniform(-0.03, 0.03)),
                                   "shift": cm(g, 0.3 if healing else float(rng.uniform(0.5, 0.9))), "callus": healing})
 
 
@@ -429,7 +429,7 @@ def draw_support_devices(g: Geometry, f: Finding, rng: np.random.Generator, laye
     draw = ImageDraw.Draw(img)
     for device in f.devices or ("endotracheal_tube",):
         DEVICES[device](g, draw, rng)
-    layers.density(DEVICE_VALUE / 255.0 * np.asarray(canvas.blur(img, 0.6), dtype=np.float32))
+    layers.density(canvas.soft(img, 0.6, scale=DEVICE_VALUE / 255.0))
 
 
 def _tube(draw: ImageDraw.ImageDraw, g: Geometry, pts: list[canvas.Point], width: float, stripe: bool) -> None:

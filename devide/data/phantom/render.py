@@ -4,11 +4,17 @@ The render is a pure function of the case (seeds included) and the output size, 
 re-rendered bit for bit, or without one of its findings (the tests use this to check that every box holds
 its lesion). Smooth structures are rendered at ``render_res`` (half the output size, at least 256) and
 upsampled; noise is added at full size.
+
+A finding's support (where it changes the density, hence its box and mask) is recorded while it is drawn.
+Findings that change the anatomy itself get the anatomy part from the layers that change: the enlarged
+heart and fractured bones enter the density linearly, so their change is exact from the two heart masks or
+bone layers alone; the rest (hyperinflation, volume loss, a wider mediastinum) re-compose the study without
+them from cached layers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -21,7 +27,7 @@ from devide.data.phantom.anatomy import AnatomyParams, Geometry
 # Density units -> grey levels: how visible a change is. A finding's footprint is where it changes the
 # density by more than this (about 4-9 grey levels after the response curve).
 VISIBLE_DENSITY = 0.02
-AIR_SCALE = 0.58  # lung air depth at full inflation (see body.lung_air)
+AIR_SCALE = body.AIR_PER_DEPTH  # lung air depth at full inflation (see body.lung_air)
 VESSEL_SCALE = 0.11
 
 
@@ -39,6 +45,7 @@ class Layers:
     lucency: np.ndarray = field(init=False)  # extra lung air (hyperlucency)
     vessel_keep: np.ndarray = field(init=False)  # multiplier on vascular markings
     bone_edits: list = field(default_factory=list)  # fracture edits consumed by body.draw_bones
+    bone_edit_owners: list = field(default_factory=list)  # the finding behind each edit
     footprint: dict[str, np.ndarray] = field(default_factory=dict)
     current: str = ""
 
@@ -53,6 +60,11 @@ class Layers:
         if self.current:
             previous = self.footprint.get(self.current)
             self.footprint[self.current] = np.abs(amount) if previous is None else np.maximum(previous, np.abs(amount))
+
+    def bone_edit(self, edit: dict) -> None:
+        """A change of the bones (a fracture), applied when :func:`compose` draws them."""
+        self.bone_edits.append(edit)
+        self.bone_edit_owners.append(self.current)
 
     def density(self, amount: np.ndarray) -> None:
         """Add density (positive: tissue, metal; negative: gas outside the lungs)."""
@@ -87,11 +99,25 @@ def compose(g: Geometry, layers: Layers) -> np.ndarray:
     bones = body.bones(g, layers.bone_edits)
     air = body.lung_air(g) * (1.0 + layers.lucency) + body.trachea(g) + body.gastric_bubble(g, rng)
     density = body.soft_tissue(g) + body.heart_and_mediastinum(g) + body.marker(g)
-    # bones stand out over aerated lung, much less over the abdomen and mediastinum
-    bone_contrast = 0.45 + 0.55 * np.minimum(g.air_depth * 3.0, 1.0)
-    density += bones * bone_contrast + vessels * layers.vessel_keep * layers.keep_air
-    density -= air * np.where(g.lung > 0, layers.keep_air, 1.0)
+    density += bones * bone_contrast(g) + vessels * layers.vessel_keep * layers.keep_air
+    density -= air * _air_kept(g, layers)
     return density + layers.add
+
+
+def bone_contrast(g: Geometry) -> np.ndarray:
+    """Bones stand out over aerated lung, much less over the abdomen and mediastinum (density per unit bone)."""
+    return 0.45 + 0.55 * np.minimum(g.air_depth * 3.0, 1.0)
+
+
+def _air_kept(g: Geometry, layers: Layers) -> np.ndarray:
+    return np.where(g.lung > 0, layers.keep_air, 1.0)
+
+
+def heart_weight(g: Geometry, layers: Layers) -> np.ndarray:
+    """d density / d heart mask in :func:`compose` (the heart adds tissue and displaces lung air): the density
+    is linear in the heart mask, so a change of the heart alone changes the density by ``weight * change``."""
+    return body.HEART_DENSITY + body.AIR_PER_DEPTH * body.RETROCARDIAC_AIR_LOSS * g.p.air * g.air_depth \
+        * (1.0 + layers.lucency) * _air_kept(g, layers)
 
 
 def to_grey(density: np.ndarray, p: AnatomyParams, size: int) -> np.ndarray:
@@ -118,11 +144,11 @@ def _response_lut(gamma: float) -> np.ndarray:
 
 def _noise_field(size: int, seed: int) -> np.ndarray:
     """Unit-variance detector noise ``[size, size]``: a random crop of a cached texture (fast, seeded)."""
-    texture = _noise_texture(size)
+    tiled = _noise_texture(size)
     rng = np.random.default_rng(seed)
     r, c = rng.integers(0, size, size=2)
     flip = rng.integers(0, 2, size=2)
-    tile = np.roll(texture, (int(r), int(c)), axis=(0, 1))
+    tile = tiled[r:r + size, c:c + size]  # = the texture rolled by (-r, -c), without a copy
     return tile[:: -1 if flip[0] else 1, :: -1 if flip[1] else 1]
 
 
@@ -130,16 +156,15 @@ _NOISE: dict[int, np.ndarray] = {}
 
 
 def _noise_texture(size: int) -> np.ndarray:
+    """The periodic noise texture tiled 2 x 2 (``[2 size, 2 size]``), so that any wrapped crop is a view."""
     if size not in _NOISE:
         rng = np.random.default_rng(20240403)
         white = rng.standard_normal((size, size)).astype(np.float32)
         # slightly correlated, like a real detector's quantum mottle
         smooth = canvas.soft_blur(np.clip(white * 0.15 + 0.5, 0, 1), 0.6)
-        _NOISE[size] = ((smooth - smooth.mean()) / (smooth.std() + 1e-6)).astype(np.float32)
+        texture = ((smooth - smooth.mean()) / (smooth.std() + 1e-6)).astype(np.float32)
+        _NOISE[size] = np.tile(texture, (2, 2))
     return _NOISE[size]
-
-
-# ---------------------------------------------------------------------------------------------- cases
 
 
 @dataclass
@@ -171,10 +196,14 @@ class Rendered:
         support = self.supports.get(entity)
         if support is None:
             return np.zeros((self.size, self.size), bool)
-        visible = Image.fromarray(((support > VISIBLE_DENSITY) * 255).astype(np.uint8))
-        if visible.size[0] != self.size:
-            visible = visible.resize((self.size, self.size), Image.BILINEAR)
-        return np.asarray(visible) >= 128
+        visible = support > VISIBLE_DENSITY
+        factor, rest = divmod(self.size, visible.shape[0])
+        if rest == 0:
+            # an integer upscale of a binary mask thresholded at half (what the bilinear path below gives) is
+            # pixel replication
+            return visible if factor == 1 else visible.repeat(factor, axis=0).repeat(factor, axis=1)
+        scaled = Image.fromarray(visible.astype(np.uint8) * 255).resize((self.size, self.size), Image.BILINEAR)
+        return np.asarray(scaled) >= 128
 
 
 def anatomy_of(case) -> AnatomyParams:
@@ -194,23 +223,49 @@ def _modified(params: AnatomyParams, findings) -> AnatomyParams:
     return params
 
 
-def _density(case, base: AnatomyParams, findings, res: int) -> tuple[np.ndarray, Layers]:
+def _draw(case, params: AnatomyParams, base: AnatomyParams, findings, res: int) -> tuple[Geometry, Layers]:
     from devide.data.phantom.lesions import RENDERERS
 
-    g = Geometry(_modified(base, findings), res, anchor_params=base)
+    g = Geometry(params, res, anchor_params=base)
     layers = Layers(res)
     for f in findings:
         layers.current = f.entity
         RENDERERS[f.entity].draw(g, f, np.random.default_rng([case.seed, f.seed, 1]), layers)
     layers.current = ""
+    return g, layers
+
+
+def _density(case, base: AnatomyParams, findings, res: int) -> tuple[np.ndarray, Layers]:
+    g, layers = _draw(case, _modified(base, findings), base, findings, res)
     return compose(g, layers), layers
 
 
 def needs_difference(entity: str) -> bool:
-    """Findings whose visible extent is measured by rendering without them (they change the anatomy)."""
+    """Findings whose visible extent includes a change of the anatomy (measured against the study without
+    them, see :func:`anatomy_change`)."""
     from devide.data.phantom.lesions import RENDERERS
 
     return RENDERERS[entity].modify is not None or entity == "fracture"
+
+
+HEART_FIELDS = ("ctr", "heart_left", "heart_top")
+
+
+def anatomy_change(case, base: AnatomyParams, findings: list, f, g: Geometry, layers: Layers,
+                   density: np.ndarray) -> np.ndarray:
+    """``[res, res]`` |density change| caused by ``f`` changing the anatomy (the study with vs without ``f``)."""
+    others = [o for o in findings if o is not f]
+    params_without = _modified(base, others)
+    if f.entity == "fracture" and params_without == g.p:
+        # bones enter the density linearly: only the fractured bone layer differs
+        kept = [e for e, owner in zip(layers.bone_edits, layers.bone_edit_owners) if owner != f.entity]
+        return np.abs(body.bones(g, layers.bone_edits) - body.bones(g, kept)) * bone_contrast(g)
+    if replace(params_without, **{k: getattr(g.p, k) for k in HEART_FIELDS}) == g.p:
+        # only the heart changed (cardiomegaly): the density is linear in the heart mask
+        heart_without = Geometry(params_without, g.res, anchor_params=base).heart
+        return np.abs(g.heart - heart_without) * heart_weight(g, layers)
+    without, _ = _density(case, base, others, g.res)
+    return np.abs(density - without)
 
 
 def render_case(case, size: int, exclude: tuple[str, ...] = ()) -> Rendered:
@@ -218,12 +273,11 @@ def render_case(case, size: int, exclude: tuple[str, ...] = ()) -> Rendered:
     res = render_res(size)
     base = anatomy_of(case)
     findings = [f for f in case.findings if f.entity not in exclude]
-    density, layers = _density(case, base, findings, res)
+    g, layers = _draw(case, _modified(base, findings), base, findings, res)
+    density = compose(g, layers)
     supports = dict(layers.footprint)
     for f in findings:
         if needs_difference(f.entity):
-            others = [o for o in findings if o is not f]
-            without, _ = _density(case, base, others, res)
-            diff = np.abs(density - without)
+            diff = anatomy_change(case, base, findings, f, g, layers, density)
             supports[f.entity] = np.maximum(supports[f.entity], diff) if f.entity in supports else diff
     return Rendered(to_grey(density, base, size), supports, size)
