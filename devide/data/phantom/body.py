@@ -159,17 +159,23 @@ def draw_bones(g: Geometry, edits: list[dict] | None = None) -> Image.Image:
     rib_w = 0.42 * p.rib_spacing
     breaks = {(e["bone"], e["side"], e.get("k", 0)): e for e in edits or ()}
     for side in SIDES:
-        for k in range(6):  # anterior ribs: faint, drawn first
-            pts = anterior_rib(g, side, k)
-            canvas.draw_polyline(draw, pts, res, rib_w * 1.1, 50)
+        # the intact ribs' outlines in one batch (numpy); drawing order as if stroked one by one
+        for outline in canvas.stroke_outlines(_rib_lines(g, side, anterior_rib, 6), res, rib_w * 1.1):
+            draw.polygon(outline, fill=50)  # anterior ribs: faint, drawn first
+        posterior = _rib_lines(g, side, posterior_rib, 12)
+        cortex = canvas.stroke_outlines(posterior, res, rib_w)
+        medulla = canvas.stroke_outlines(posterior, res, rib_w * 0.45)
         for k in range(12):
-            pts = posterior_rib(g, side, k)
             edit = breaks.get(("rib", side, k))
+            if not edit:
+                draw.polygon(cortex[k], fill=120)
+                draw.polygon(medulla[k], fill=85)  # medulla: cortices read brighter
+                continue
+            pts = posterior_rib(g, side, k)
             for piece in _pieces(pts, edit):
                 canvas.draw_polyline(draw, piece, res, rib_w, 120)
-                canvas.draw_polyline(draw, piece, res, rib_w * 0.45, 85)  # medulla: cortices read brighter
-            if edit:
-                _draw_break(draw, pts, edit, res, rib_w)
+                canvas.draw_polyline(draw, piece, res, rib_w * 0.45, 85)
+            _draw_break(draw, pts, edit, res, rib_w)
         hu = float(g.to_u(p.tw + 0.11, side))
         hv = p.clavicle_v - 0.01
         canvas.draw_polyline(draw, [(hu, hv), (float(g.to_u(p.tw + 0.14, side)), 0.5)], res, 0.07, 120)
@@ -187,6 +193,11 @@ def draw_bones(g: Geometry, edits: list[dict] | None = None) -> Image.Image:
             _draw_break(draw, clav, edit, res, 0.026)
     _draw_spine(draw, g)
     return img
+
+
+def _rib_lines(g: Geometry, side: str, rib, count: int) -> np.ndarray:
+    """Centre lines of ribs 0..count-1 as ``[count, points, 2]`` normalised coordinates."""
+    return np.asarray([rib(g, side, k) for k in range(count)], dtype=np.float64)
 
 
 def point_along(points: list[canvas.Point], t: float) -> tuple[canvas.Point, canvas.Point]:
@@ -279,18 +290,35 @@ def _bones(p, res: int, edits: str) -> np.ndarray:
 def vessels(g: Geometry, rng: np.random.Generator) -> np.ndarray:
     """Branching pulmonary vessels from the hila, tapering towards the periphery (masked to the lungs)."""
     p, res = g.p, g.res
-    layer = _vessel_tree(res, g.p.seeds[0], g.hilum("right"), g.hilum("left"), p.vessel_scale)
+    trees = _vessel_trees(res, g.p.seeds[0], p.vessel_scale)
+    layer = np.zeros((res, res), np.float32)
+    for side, tree in zip(SIDES, trees):
+        hu, hv = g.hilum(side)
+        _paste_max(layer, tree, int(round((hu - TREE_ORIGIN) * res)), int(round((hv - TREE_ORIGIN) * res)))
     reach = canvas.ramp(0.2, 0.6 * p.vessel_reach, g.air_depth)
     return 0.11 * layer * reach
 
 
+TREE_ORIGIN = 0.5  # the trees are drawn from a hilum at (0.5, 0.5) and moved to the study's hila
+
+
+def _paste_max(dst: np.ndarray, src: np.ndarray, dx: int, dy: int) -> None:
+    """``dst = max(dst, src shifted by (dx, dy) pixels)``, clipped to the frame (both ``[res, res]``)."""
+    res = dst.shape[0]
+    x0, x1 = max(0, dx), min(res, res + dx)
+    y0, y1 = max(0, dy), min(res, res + dy)
+    if x0 < x1 and y0 < y1:
+        np.maximum(dst[y0:y1, x0:x1], src[y0 - dy:y1 - dy, x0 - dx:x1 - dx], out=dst[y0:y1, x0:x1])
+
+
 @lru_cache(maxsize=8)
-def _vessel_tree(res: int, seed: int, right_hilum: canvas.Point, left_hilum: canvas.Point, scale: float) -> np.ndarray:
-    """The drawn vessel trees ``[res, res]`` (cached: they depend only on the patient and the hila)."""
+def _vessel_trees(res: int, seed: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The drawn (right, left) vessel trees, each ``[res, res]`` from a hilum at (TREE_ORIGIN, TREE_ORIGIN).
+
+    Cached per patient: a subject's studies (and a study's renders without a finding) move them to their
+    hila by whole pixels instead of drawing them again.
+    """
     rng = np.random.default_rng(seed)
-    hila = {"right": right_hilum, "left": left_hilum}
-    img = Image.new("L", (res, res), 0)
-    draw = ImageDraw.Draw(img)
     jitter = rng.normal(0.0, 1.0, size=4096).tolist()
     pos = [0]
 
@@ -298,16 +326,18 @@ def _vessel_tree(res: int, seed: int, right_hilum: canvas.Point, left_hilum: can
         pos[0] += 1
         return jitter[pos[0] % 4096]
 
+    trees = []
     for side in SIDES:
+        img = Image.new("L", (res, res), 0)
+        draw = ImageDraw.Draw(img)
         s = side_sign(side)
-        hu, hv = hila[side]
         for angle in np.linspace(-120, 100, 7):
-            direction = np.deg2rad(angle + 6 * noise())
+            direction = math.radians(angle + 6 * noise())
             length = 0.09 * (1.15 if angle > 30 else 1.0)
-            _branch(draw, noise, res, hu, hv, s, direction, length, 0.01 * scale, 3)
-    layer = canvas.soft(img, 0.8 * res / 256)
-    layer.setflags(write=False)
-    return layer
+            _branch(draw, noise, res, TREE_ORIGIN, TREE_ORIGIN, s, direction, length, 0.01 * scale, 3)
+        trees.append(canvas.soft(img, 0.8 * res / 256))
+        trees[-1].setflags(write=False)
+    return trees[0], trees[1]
 
 
 def _branch(draw: ImageDraw.ImageDraw, noise, res: int, u: float, v: float, s: float, angle: float,

@@ -40,13 +40,22 @@ def to_px(points: Sequence[Point], res: int) -> list[Point]:
 
 def polygon_mask(points: Sequence[Point] | Sequence[Sequence[Point]], res: int, blur_px: float = 0.0
                  ) -> np.ndarray:
-    """Filled polygon(s) (normalised vertices) as a soft mask ``[res, res]`` in [0, 1]."""
-    img = Image.new("L", (res, res), 0)
-    draw = ImageDraw.Draw(img)
+    """Filled polygon(s) (normalised vertices) as a soft mask ``[res, res]`` in [0, 1].
+
+    A polygon reaching past the frame (the body outline) is drawn on a canvas with a margin, so that its
+    blurred edge at the border is the blurred continuation, not a fold at the border.
+    """
     polygons = [points] if points and isinstance(points[0][0], (int, float, np.floating)) else points
-    for poly in polygons:
-        draw.polygon(to_px(poly, res), fill=255)
-    return soft(img, blur_px)
+    pixels = [to_px(poly, res) for poly in polygons]
+    flat = np.asarray([xy for poly in pixels for xy in poly])
+    outside = flat.size and (flat.min() < 0 or flat.max() > res)
+    margin = int(np.ceil(2.5 * blur_px)) + 1 if outside and blur_px > 0 else 0
+    img = Image.new("L", (res + 2 * margin, res + 2 * margin), 0)
+    draw = ImageDraw.Draw(img)
+    for poly in pixels:
+        draw.polygon([(x + margin, y + margin) for x, y in poly], fill=255)
+    out = soft(img, blur_px)
+    return out[margin:margin + res, margin:margin + res] if margin else out
 
 
 def polyline_mask(points: Sequence[Point], res: int, width: float, blur_px: float = 0.0,
@@ -88,6 +97,22 @@ def stroke_outline(pts: Sequence[Point], half_width: float) -> list[Point]:
     left = [(x + half_width * ox, y + half_width * oy) for (x, y), (ox, oy) in zip(pts, offsets)]
     right = [(x - half_width * ox, y - half_width * oy) for (x, y), (ox, oy) in zip(pts, offsets)]
     return left + right[::-1]
+
+
+def stroke_outlines(lines: np.ndarray, res: int, width: float) -> list[list[float]]:
+    """Outline polygons (flat pixel coordinates, for ``ImageDraw.polygon``) of ``lines`` ``[m, n, 2]``
+    (normalised) stroked ``width`` wide: :func:`stroke_outline` for many polylines in one numpy pass."""
+    half = max(1, int(round(width * res))) / 2.0
+    pts = lines * res
+    seg = np.diff(pts, axis=1)
+    seg /= np.maximum(np.linalg.norm(seg, axis=2, keepdims=True), 1e-9)
+    normals = np.stack([-seg[..., 1], seg[..., 0]], axis=2)  # [m, n-1, 2]
+    mid = normals[:, :-1] + normals[:, 1:]
+    mid /= np.maximum(np.linalg.norm(mid, axis=2, keepdims=True), 1e-9)
+    cos_half = np.maximum((mid * normals[:, 1:]).sum(axis=2, keepdims=True), 0.5)
+    offsets = np.concatenate([normals[:, :1], mid / cos_half, normals[:, -1:]], axis=1)
+    outline = np.concatenate([pts + half * offsets, (pts - half * offsets)[:, ::-1]], axis=1)
+    return outline.reshape(len(lines), -1).tolist()
 
 
 def blur(img: Image.Image, radius_px: float) -> Image.Image:
@@ -202,28 +227,48 @@ def ellipse_points(cu: float, cv: float, ru: float, rv: float, angle: float = 0.
     return list(zip(cu + ca * x - sa * y, cv + sa * x + ca * y, strict=True))
 
 
+BLOB_FLOOR = 1e-3  # blobs are cut where they fall below this (far under a grey level)
+
+
 def blob(res: int, cu: float, cv: float, ru: float, rv: float | None = None, power: float = 2.0,
          angle: float = 0.0) -> np.ndarray:
     """A smooth (rotated) elliptical bump ``exp(-(r^2)^(power/2))``, 1 at the centre, ``[res, res]``.
 
-    Computed only inside a window of 4 radii around the centre (zero elsewhere) to stay cheap.
+    Computed only inside the window where it exceeds :data:`BLOB_FLOOR` (at most 4 radii around the centre,
+    zero elsewhere), in float32, to stay cheap.
     """
     rv = ru if rv is None else rv
     out = np.zeros((res, res), np.float32)
-    reach = 4.0 * max(ru, rv)
+    reach = min(4.0, (-math.log(BLOB_FLOOR)) ** (1.0 / power)) * max(ru, rv)
     c0, c1 = max(0, int((cu - reach) * res)), min(res, int((cu + reach) * res) + 1)
     r0, r1 = max(0, int((cv - reach) * res)), min(res, int((cv + reach) * res) + 1)
     if c0 >= c1 or r0 >= r1:
         return out
     uu, vv = grid(res)
-    du = uu[r0:r1, c0:c1] - cu
-    dv = vv[r0:r1, c0:c1] - cv
-    ca, sa = np.cos(angle), np.sin(angle)
-    x = (ca * du + sa * dv) / ru
-    y = (-sa * du + ca * dv) / rv
+    du = uu[r0:r1, c0:c1] - np.float32(cu)
+    dv = vv[r0:r1, c0:c1] - np.float32(cv)
+    ca, sa = math.cos(angle), math.sin(angle)
+    x = (np.float32(ca / ru) * du + np.float32(sa / ru) * dv)
+    y = (np.float32(-sa / rv) * du + np.float32(ca / rv) * dv)
     r2 = x * x + y * y
-    out[r0:r1, c0:c1] = np.exp(-(r2 ** (power / 2.0)))
+    if power == 2.0:
+        out[r0:r1, c0:c1] = np.exp(-r2)
+    else:  # a table lookup: a fractional power and an exp per pixel cost several times more
+        table, per_unit = _blob_table(power)
+        index = np.minimum(r2 * np.float32(per_unit), np.float32(table.size - 1)).astype(np.int32)
+        out[r0:r1, c0:c1] = table[index]
     return out
+
+
+@lru_cache(maxsize=16)
+def _blob_table(power: float) -> tuple[np.ndarray, float]:
+    """``exp(-(r2)^(power/2))`` sampled finely in ``r2`` up to where it reaches :data:`BLOB_FLOOR` (then 0)."""
+    top = (-math.log(BLOB_FLOOR)) ** (2.0 / power)
+    per_unit = 8192 / top
+    r2 = (np.arange(8193, dtype=np.float64) + 0.5) / per_unit
+    table = np.exp(-(r2 ** (power / 2.0))).astype(np.float32)
+    table[-1] = 0.0
+    return table, per_unit
 
 
 def smooth_noise(rng: np.random.Generator, res: int, cells: int) -> np.ndarray:

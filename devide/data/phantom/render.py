@@ -122,13 +122,15 @@ def heart_weight(g: Geometry, layers: Layers) -> np.ndarray:
 
 def to_grey(density: np.ndarray, p: AnatomyParams, size: int) -> np.ndarray:
     """Map density to 8-bit grey at the output size, with detector noise. Returns ``[size, size]`` uint8."""
-    index = np.clip((density - p.lo) * (LUT_SIZE / (p.hi - p.lo)), 0, LUT_SIZE - 1).astype(np.int32)
-    img = Image.fromarray(_response_lut(round(p.gamma, 4))[index])
+    index = (density - np.float32(p.lo)) * np.float32(LUT_SIZE / (p.hi - p.lo))
+    np.clip(index, 0, LUT_SIZE - 1, out=index)
+    img = Image.fromarray(_response_lut(round(p.gamma, 4))[index.astype(np.int32)])
     if img.size[0] != size:
         img = img.resize((size, size), Image.BILINEAR)
-    out = np.asarray(img, dtype=np.int16)
-    noise = _noise_field(size, p.seeds[2])
-    return np.clip(out + (noise * p.noise).astype(np.int16), 0, 255).astype(np.uint8)
+    grey = np.multiply(_noise_field(size, p.seeds[2]), np.float32(p.noise))  # in place from here on
+    grey += np.asarray(img, dtype=np.float32)
+    np.clip(grey, 0, 255, out=grey)
+    return grey.astype(np.uint8)
 
 
 LUT_SIZE = 2048
