@@ -5,12 +5,26 @@ Label codes (shared contract): 1 present, 0 absent, -1 uncertain, -100 not menti
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 PRESENT, ABSENT, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -100
 VALID_LABELS = (PRESENT, ABSENT, UNCERTAIN, NOT_MENTIONED)
+
+
+def full_precision(loss_fn):
+    """Run a loss in float32 even under autocast (bf16 logits lose the small differences InfoNCE relies on,
+    and masking with the float32 minimum would overflow bf16)."""
+
+    @functools.wraps(loss_fn)
+    def wrapper(first: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=first.device.type, enabled=False):
+            return loss_fn(first, *args, **kwargs)
+
+    return wrapper
 
 
 def check_labels(labels: torch.Tensor, num_entities: int) -> None:
@@ -42,6 +56,7 @@ def bce_targets(labels: torch.Tensor, uncertain_policy: str = "ignore",
     return torch.where(uncertain, torch.full_like(targets, fill), targets), mask | uncertain
 
 
+@full_precision
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, uncertain_policy: str = "ignore",
                soft_target: float = 0.5) -> torch.Tensor:
     """L_bce: mean binary cross-entropy over the (image, entity) pairs the report mentions.
@@ -80,6 +95,7 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return gathered, sum(sizes_list[:rank])
 
 
+@full_precision
 def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """L_itc: symmetric InfoNCE between L2-normalised global image and report embeddings.
@@ -125,6 +141,7 @@ def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor,
     return per_anchor.mean()
 
 
+@full_precision
 def tnc_loss(entity_embeds: torch.Tensor, labels: torch.Tensor, description_embeds: torch.Tensor,
              description_owner: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """L_tnc through the multi-label projection layer.
@@ -153,6 +170,7 @@ def patch_sentence_scores(patch_embeds: torch.Tensor, sentence_embeds: torch.Ten
     return torch.logsumexp(gamma * sims, dim=-1) / gamma
 
 
+@full_precision
 def pta_loss(patch_embeds: torch.Tensor, labels: torch.Tensor, description_embeds: torch.Tensor,
              description_owner: torch.Tensor, logit_scale: torch.Tensor, gamma: float) -> torch.Tensor:
     """L_pta: patch tokens <-> description sentences of present entities (text-to-image, multi-positive).

@@ -289,6 +289,7 @@ class DevideModel(PreTrainedModel):
         self.pta_scale = LogitScale(config.logit_scale_init, config.logit_scale_max) if config.use_pta else None
         self._tokenizer = None
         self._tokenizer_source: str | None = None
+        self._image_processor: DevideImageProcessor | None = None
         self.knowledge: dict[str, list[str]] = {}
         self._packed_cache: tuple | None = None
         self.post_init()
@@ -394,8 +395,10 @@ class DevideModel(PreTrainedModel):
         """Tower embeddings [n, d_t]: cached when the tower cannot change them (frozen, or predict), else
         encoded with gradient."""
         if self._text_cache_usable():
-            return self.text.encode_cached(texts, self._tokenize_and_encode, self.text_proj.weight.device)
-        return self._tokenize_and_encode(texts)
+            embeddings = self.text.encode_cached(texts, self._tokenize_and_encode, self.text_proj.weight.device)
+        else:
+            embeddings = self._tokenize_and_encode(texts)
+        return embeddings.to(self.text_proj.weight.dtype)
 
     def get_text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """Normalised text embeddings in the joint space: [n, d]."""
@@ -560,18 +563,35 @@ class DevideModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ save / load
     def image_processor(self) -> DevideImageProcessor:
-        """The image processor matching this model's vision tower."""
-        return DevideImageProcessor.from_model_config(self.config)
+        """The image processor saved with this model (or set with ``set_image_processor``), else the one
+        matching its vision tower."""
+        return self._image_processor or DevideImageProcessor.from_model_config(self.config)
+
+    def set_image_processor(self, processor: DevideImageProcessor) -> None:
+        """Attach the processor that ``save_pretrained`` writes beside the weights."""
+        if processor.size != self.config.image_size:
+            raise ValueError(f"processor size {processor.size} != vision tower image_size {self.config.image_size}")
+        self._image_processor = processor
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Weights (safetensors) + config + code, and beside them knowledge.json, the tokenizer and the
-        image processor (preprocessor_config.json)."""
+        image processor (preprocessor_config.json). ``push_to_hub=True`` uploads the complete folder."""
+        push_to_hub = kwargs.pop("push_to_hub", False)
         super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
         with open(os.path.join(save_directory, KNOWLEDGE_FILE), "w", encoding="utf-8") as handle:
             json.dump(self.knowledge, handle, ensure_ascii=False, indent=1, sort_keys=True)
         self.tokenizer.save_pretrained(save_directory)
-        processor = getattr(self, "_image_processor", None) or self.image_processor()
-        processor.save_pretrained(save_directory)
+        self.image_processor().save_pretrained(save_directory)
+        if push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = kwargs.get("repo_id") or os.path.basename(os.path.abspath(save_directory))
+            token = kwargs.get("token")
+            create_repo(repo_id, token=token, private=kwargs.get("private"), exist_ok=True)
+            upload_folder(repo_id=repo_id, folder_path=save_directory, token=token,
+                          commit_message=kwargs.get("commit_message") or "Upload DevideModel")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "DevideModel":
@@ -590,6 +610,9 @@ class DevideModel(PreTrainedModel):
         tokenizer_config = _resolve_file(str(pretrained_model_name_or_path), "tokenizer_config.json", hub_kwargs)
         if tokenizer_config:
             model._tokenizer = _load_tokenizer(str(pretrained_model_name_or_path), tokenizer_config, hub_kwargs)
+        if _resolve_file(str(pretrained_model_name_or_path), "preprocessor_config.json", hub_kwargs):
+            model._image_processor = DevideImageProcessor.from_pretrained(pretrained_model_name_or_path,
+                                                                          **hub_kwargs)
         model.apply_freezing()
         return model
 

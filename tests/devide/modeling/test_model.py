@@ -273,3 +273,16 @@ def test_predict_cache_with_trainable_text_tower_follows_weight_updates(model, p
         model.apply_freezing()
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def test_custom_image_processor_travels_with_the_model(model, tmp_path):
+    processor = DevideImageProcessor(size=model.config.image_size, per_image_standardize=True, image_std=[0.3])
+    model.set_image_processor(processor)
+    try:
+        model.save_pretrained(tmp_path)
+        reloaded = DevideModel.from_pretrained(tmp_path)
+        assert reloaded.image_processor().to_dict() == processor.to_dict()
+        with pytest.raises(ValueError, match="image_size"):
+            model.set_image_processor(DevideImageProcessor(size=model.config.image_size + 1))
+    finally:
+        model._image_processor = None
