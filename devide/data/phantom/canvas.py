@@ -181,8 +181,9 @@ def soft(img: Image.Image, radius_px: float, scale: float = 1.0 / 255.0) -> np.n
     x1, y1 = min(w, box[2] + reach), min(h, box[3] + reach)
     window = np.asarray(img.crop((x0, y0, x1, y1)), dtype=np.float32)
     if radius_px > 0:
-        # a drawing cut by the image border continues beyond it; elsewhere the window has a zero margin
-        touches_border = x0 == 0 or y0 == 0 or x1 == w or y1 == h
+        # a drawing cut by the image border continues beyond it (edges extended, as a full-frame blur does);
+        # one that stays inside has zeros at the border, where extending and zero padding agree
+        touches_border = box[0] == 0 or box[1] == 0 or box[2] == w or box[3] == h
         window = gaussian(window, radius_px, "extend" if touches_border else "zero")
     out[y0:y1, x0:x1] = window * scale
     return out

@@ -105,6 +105,35 @@ def mask_to_rle(mask: np.ndarray) -> str:
     return " ".join(map(str, pairs.tolist()))
 
 
+def upscaled_mask_to_rle(mask: np.ndarray, factor: int) -> str:
+    """:func:`mask_to_rle` of ``mask`` (``[r, r]`` bool) upscaled ``factor`` times by pixel replication, without
+    building the upscaled mask: each run of a low-resolution column becomes ``factor`` runs ``factor`` times
+    longer, and runs that meet across a column boundary are joined, as in the column-major flattening."""
+    rows = mask.shape[0]
+    size = rows * factor
+    padded = np.zeros((mask.shape[1], rows + 2), np.int8)
+    padded[:, 1:-1] = np.asarray(mask, bool).T  # one low-resolution column per row
+    edges = np.diff(padded, axis=1)
+    col, first = np.nonzero(edges == 1)
+    _, last = np.nonzero(edges == -1)
+    if col.size == 0:
+        return "-1"
+    copies = np.arange(factor)
+    column_start = ((col[:, None] * factor + copies[None, :]) * size).reshape(-1)
+    starts = column_start + np.repeat(first * factor, factor)
+    ends = column_start + np.repeat(last * factor, factor)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    joined = np.flatnonzero(starts[1:] == ends[:-1]) + 1  # runs continuing into the next column
+    keep = np.ones(starts.size, bool)
+    keep[joined] = False
+    run_starts = starts[keep]
+    run_ends = np.append(ends[np.flatnonzero(keep)[1:] - 1], ends[-1])
+    previous_end = np.concatenate([[0], run_ends[:-1]])
+    pairs = np.stack([run_starts - previous_end, run_ends - run_starts], axis=1).reshape(-1)
+    return " ".join(map(str, pairs.tolist()))
+
+
 def rle_to_mask(rle: str, width: int, height: int) -> np.ndarray:
     """Inverse of :func:`mask_to_rle` (the decoder every SIIM pipeline uses): ``[height, width]`` bool."""
     flat = np.zeros(width * height, bool)

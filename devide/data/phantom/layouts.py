@@ -192,7 +192,7 @@ def render_job(job, root: Path, size: int) -> dict[str, Any]:
         "dataset": job.dataset,
         "index": job.index,
         "boxes": {e: boxes_of(rendered, case, e) for e in case.entities},
-        "masks": {e: formats.mask_to_rle(rendered.mask(e)) for e in case.entities},
+        "masks": {e: rendered.rle(e) for e in case.entities},
     }
 
 

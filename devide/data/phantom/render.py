@@ -207,6 +207,16 @@ class Rendered:
         scaled = Image.fromarray(visible.astype(np.uint8) * 255).resize((self.size, self.size), Image.BILINEAR)
         return np.asarray(scaled) >= 128
 
+    def rle(self, entity: str) -> str:
+        """SIIM-ACR run-length encoding of :meth:`mask` (straight from the render-resolution mask when the
+        output size is a whole multiple of it)."""
+        from devide.data.phantom.formats import mask_to_rle, upscaled_mask_to_rle
+
+        support = self.supports.get(entity)
+        if support is not None and self.size % support.shape[0] == 0:
+            return upscaled_mask_to_rle(support > VISIBLE_DENSITY, self.size // support.shape[0])
+        return mask_to_rle(self.mask(entity))
+
 
 def anatomy_of(case) -> AnatomyParams:
     from devide.data.phantom.anatomy import sample_anatomy

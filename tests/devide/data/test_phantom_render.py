@@ -108,3 +108,35 @@ def test_entities_exist_in_knowledge_vocabulary():
     spec = load_spec()
     missing = [e for e in spec.findings if e not in vocabulary]
     assert not missing
+
+
+def test_upscaled_rle_equals_rle_of_the_replicated_mask():
+    from devide.data.phantom.formats import upscaled_mask_to_rle
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        side, factor = int(rng.integers(1, 10)), int(rng.integers(1, 4))
+        mask = rng.random((side, side)) < rng.random()
+        mask[:, int(rng.integers(0, side))] = True  # full columns: runs that continue into the next column
+        big = mask.repeat(factor, axis=0).repeat(factor, axis=1)
+        assert upscaled_mask_to_rle(mask, factor) == mask_to_rle(big)
+    rendered = render_case(_case("pleural_effusion", side="bilateral"), 512)
+    assert rendered.rle("pleural_effusion") == mask_to_rle(rendered.mask("pleural_effusion")) != "-1"
+
+
+@pytest.mark.parametrize("entity", ["cardiomegaly", "fracture", "atelectasis"])
+def test_anatomy_change_matches_a_second_composition(entity):
+    """The support of a finding that changes the anatomy (computed from the changed layers alone) equals the
+    density difference against a full composition of the study without it."""
+    from devide.data.phantom import render
+
+    case = _case(entity)
+    base = render.anatomy_of(case)
+    findings = list(case.findings)
+    g, layers = render._draw(case, render._modified(base, findings), base, findings, SIZE)
+    density = render.compose(g, layers)
+    finding = next(f for f in findings if f.entity == entity)
+    change = render.anatomy_change(case, base, findings, finding, g, layers, density)
+    without, _ = render._density(case, base, [f for f in findings if f is not finding], SIZE)
+    assert np.abs(change - np.abs(density - without)).max() < 1e-5
+    assert (change > render.VISIBLE_DENSITY).any()
