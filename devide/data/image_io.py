@@ -193,7 +193,7 @@ def load_image(
             return _reduce_to(_load_dicom(path, window), draft_size)
         except ImageLoadError:
             raise
-        except Exception as exc:  # pydicom raises many types for corrupt files
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt files
             raise ImageLoadError(f"{NOT_AN_IMAGE}: DICOM unreadable ({type(exc).__name__}: {exc})", path) from None
     try:
         with Image.open(path) as opened:

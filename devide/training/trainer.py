@@ -281,6 +281,7 @@ class Trainer:
         accelerator.wait_for_everyone()  # rank 0 has prepared the work folder
         if not accelerator.is_main_process:
             self.ctx.logger.setLevel(logging.WARNING)
+        logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file save/load notices: noise on the console
         set_seed(cfg.seed, deterministic=cfg.deterministic)
 
         vocabulary = load_vocabulary(cfg.vocabulary)

@@ -7,8 +7,19 @@ import pytest
 from PIL import Image
 
 from devide.data.image_io import (
-    HTML, MISSING, NOT_AN_IMAGE, SIXTEEN_BIT, TRUNCATED, UNEXPECTED_MODE, ZERO_BYTE, ImageLoadError,
-    inspect_image, load_image, reason_code, to_uint8, validate_image,
+    HTML,
+    MISSING,
+    NOT_AN_IMAGE,
+    SIXTEEN_BIT,
+    TRUNCATED,
+    UNEXPECTED_MODE,
+    ZERO_BYTE,
+    ImageLoadError,
+    inspect_image,
+    load_image,
+    reason_code,
+    to_uint8,
+    validate_image,
 )
 
 from .bad_files import gradient, write_dicom, write_html, write_jpeg, write_png16, write_truncated_jpeg

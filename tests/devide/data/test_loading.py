@@ -10,7 +10,13 @@ from PIL import Image
 
 from devide.config import load_config
 from devide.data.loading import (
-    CxrAugment, CxrDataset, collate, entity_index, make_dataloader, processor_to_pixels, read_entities,
+    CxrAugment,
+    CxrDataset,
+    collate,
+    entity_index,
+    make_dataloader,
+    processor_to_pixels,
+    read_entities,
 )
 from devide.data.prepare import STAGE, PrepareDataConfig
 from devide.stage import execute_stage

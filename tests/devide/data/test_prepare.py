@@ -13,7 +13,13 @@ import pytest
 from devide.config import load_config
 from devide.data.image_io import ImageCheck
 from devide.data.prepare import (
-    NOT_MENTIONED, STAGE, PrepareDataConfig, ValidationCache, check_images, image_relpath, report_relpath,
+    NOT_MENTIONED,
+    STAGE,
+    PrepareDataConfig,
+    ValidationCache,
+    check_images,
+    image_relpath,
+    report_relpath,
 )
 from devide.stage import StageError, execute_stage
 
@@ -38,7 +44,7 @@ def read_rejects(out):
 def prepared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prepare")
     fx = build(tmp / "mimic-cxr-jpg")
-    cfg, result = run_prepare(tmp, fx)
+    _, result = run_prepare(tmp, fx)
     return fx, result
 
 
@@ -141,6 +147,7 @@ def test_labels_from_the_report_labeler(tmp_path):
 
 def test_cli_bad_root_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "devide", "prepare-data", "--root", str(tmp_path / "nope"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+                           "--out", str(tmp_path / "o")], check=False, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "prepare-data: error:" in proc.stderr

@@ -22,7 +22,8 @@ ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 # order. L_tnc / L_pta average over each rank's own anchors (counts differ per rank) and dropout draws differ
 # per rank, so they are off here.
 EQUIVALENT = {"use_tnc": False, "use_pta": False, "fusion_dropout": 0.0}
-TOLERANCE = 1e-6  # max |difference| of any weight after 6 AdamW steps (measured: 2.5e-08, float summation order)
+# max |difference| of any weight after 6 AdamW steps (measured: 2.5e-08, float summation order)
+TOLERANCE = 1e-6
 
 
 def free_port() -> int:
@@ -51,7 +52,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
               "-m", "devide", "train", "--config", str(double)]
     proc = subprocess.run(launch, env={**env, "ACCELERATE_USE_CPU": "1"}, timeout=600, capture_output=True,
-                          text=True)
+                          check=False, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     summary = json.loads((tmp_path / "double" / "train_summary.json").read_text())
@@ -79,6 +80,6 @@ def initial_weights(cfg: dict) -> dict:
 
     from devide.modeling import DevideConfig, DevideModel
 
-    set_seed(cfg["seed"] if "seed" in cfg else 42)
+    set_seed(cfg.get("seed", 42))
     model = DevideModel(DevideConfig(entities=cfg["entities"], **cfg["model"]))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
