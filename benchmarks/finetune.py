@@ -1,0 +1,81 @@
+"""Fine-tuning throughput (images/s) for classification and segmentation, and the pretrained-vs-random gap.
+
+    .venv/bin/python benchmarks/finetune.py --model artifacts/demo/train/model --phantom artifacts/demo/phantom \\
+        [--fraction 0.1] [--epochs 5] [--workdir /tmp/finetune-bench]
+
+Runs ``devide finetune`` (the real stage) on the phantom CheXpert set (classification, full fine-tune and linear
+probe) and the phantom SIIM-ACR set (segmentation), each with a pretrained and a randomly initialised image tower
+on the same labelled selection, side by side in one process. Reports training images/s per variant (from the
+trainer's summary), test macro AUC with its bootstrap CI, Dice (positive images and all images), and the
+pretrained-minus-random gaps. Writes benchmarks/results/finetune.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from devide.finetune.config import FinetuneConfig
+from devide.finetune.stage import STAGE
+from devide.stage import execute_stage
+
+RESULTS = Path(__file__).parent / "results" / "finetune.json"
+
+
+def finetune(args: argparse.Namespace, dataset: str, task: str, modes: list[str]) -> dict:
+    out = args.workdir / f"{dataset}-{task}"
+    cfg = FinetuneConfig(model=args.model, dataset=dataset, root=args.phantom / dataset, task=task,
+                         fraction=args.fraction, modes=modes, epochs=args.epochs, batch_size=args.batch_size,
+                         workers=args.workers, bootstrap=200, tensorboard=False, save_models=False, overlays=4,
+                         seed=args.seed, out=out)
+    started = time.perf_counter()
+    execute_stage(STAGE, cfg, force=True, quiet=True)
+    results = json.loads((out / "results.json").read_text())
+    return {"seconds": round(time.perf_counter() - started, 1), "setting": {
+        k: results["setting"][k] for k in ("fraction", "selected_images", "test_images", "split_protocol")},
+        "variants": results["variants"], "gaps": results["comparisons"]["pretrained_minus_random"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("artifacts/demo/train/model"))
+    parser.add_argument("--phantom", type=Path, default=Path("artifacts/demo/phantom"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/devide-finetune-bench"))
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--epochs", type=float, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    for path in (args.model, args.phantom / "chexpert", args.phantom / "siim"):
+        if not path.exists():
+            raise SystemExit(f"not found: {path} (run the demo pipeline or pass --model/--phantom)")
+    torch.set_num_threads(args.threads)
+    report = {
+        "classification": finetune(args, "chexpert", "classification", ["full", "probe"]),
+        "segmentation": finetune(args, "siim", "segmentation", ["full"]),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
+                    "cpu": platform.processor() or platform.machine(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+    for task in ("classification", "segmentation"):
+        print(f"{task} ({report[task]['seconds']} s, {report[task]['setting']}):")
+        for name, row in report[task]["variants"].items():
+            score = {k: row.get(k) for k in ("auc", "dice_positive", "dice_all") if row.get(k) is not None}
+            print(f"  {name}: {row['images_per_second']} images/s, {score}")
+        for pair, gap in report[task]["gaps"].items():
+            print(f"  gap {pair}: {gap}")
+    print(f"-> {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
