@@ -22,32 +22,36 @@ from devide.data.phantom.anatomy import SIDES, Geometry, restricted, side_sign
 def soft_tissue(g: Geometry) -> np.ndarray:
     """Neck, shoulders, chest wall, mediastinum and abdomen; thicker in the middle of the body."""
     p = g.p
-    dome = p.dome if p.sex == "F" else (0.0, 0.0)  # the domes only place the breast shadows
-    return _soft_tissue(g.res, p.mx, p.cx, p.tw, p.fat, p.clavicle_v, p.apex, p.sex, dome)
+    layer = _body_wall(g.res, p.mx, p.cx, p.tw, p.fat, p.clavicle_v, p.apex)
+    if p.sex == "F":  # the breast shadows sit on the domes, which findings may move: a layer of their own
+        layer = layer + _breasts(restricted(p, BREAST_FIELDS), g.res)
+    return layer
+
+
+BREAST_FIELDS = ("tw", "dome", "cx")
 
 
 @lru_cache(maxsize=8)
-def _soft_tissue(res: int, mx: float, cx: float, tw: float, fat: float, clavicle_v: float, apex: float, sex: str,
-                 dome: tuple[float, float]) -> np.ndarray:
-    # cached: the difference renders of a study (and its second image) share the body
-    from devide.data.phantom.anatomy import AnatomyParams
+def _breasts(p, res: int) -> np.ndarray:
+    out = 0.1 * breasts(Geometry(p, res))
+    out.setflags(write=False)
+    return out
 
-    g = Geometry(AnatomyParams(mx=mx, cx=cx, tw=tw, fat=fat, clavicle_v=clavicle_v, apex=apex, sex=sex, dome=dome), res)
-    p = g.p
-    cl = p.clavicle_v
-    half = p.tw + p.fat
+
+@lru_cache(maxsize=8)
+def _body_wall(res: int, mx: float, cx: float, tw: float, fat: float, clavicle_v: float, apex: float) -> np.ndarray:
+    # cached: the difference renders of a study (and its second image) share the body
+    cl = clavicle_v
+    half = tw + fat
     outline = [
-        (p.mx - 0.085, -0.01), (p.mx + 0.085, -0.01), (p.mx + 0.11, cl - 0.08), (p.cx + half + 0.1, cl - 0.06),
-        (1.02, cl - 0.02), (1.02, cl + 0.1), (p.cx + half + 0.02, p.apex + 0.22), (p.cx + half, 0.62),
-        (p.cx + half + 0.015, 1.02), (p.cx - half - 0.015, 1.02), (p.cx - half, 0.62),
-        (p.cx - half - 0.02, p.apex + 0.22), (-0.02, cl + 0.1), (-0.02, cl - 0.02),
-        (p.cx - half - 0.1, cl - 0.06), (p.mx - 0.11, cl - 0.08),
+        (mx - 0.085, -0.01), (mx + 0.085, -0.01), (mx + 0.11, cl - 0.08), (cx + half + 0.1, cl - 0.06),
+        (1.02, cl - 0.02), (1.02, cl + 0.1), (cx + half + 0.02, apex + 0.22), (cx + half, 0.62),
+        (cx + half + 0.015, 1.02), (cx - half - 0.015, 1.02), (cx - half, 0.62),
+        (cx - half - 0.02, apex + 0.22), (-0.02, cl + 0.1), (-0.02, cl - 0.02),
+        (cx - half - 0.1, cl - 0.06), (mx - 0.11, cl - 0.08),
     ]
     body = canvas.polygon_mask(outline, res, blur_px=2.0 * res / 256)
-    thick = _thickness_profile(res, round(p.cx, 3), round(half, 3))
-    layer = body * thick
-    if p.sex == "F":
-        layer += 0.1 * breasts(g)
+    layer = body * _thickness_profile(res, round(cx, 3), round(half, 3))
     layer.setflags(write=False)
     return layer
 
@@ -93,8 +97,12 @@ def _hila(res: int, right: canvas.Point, left: canvas.Point) -> np.ndarray:
 
 def trachea(g: Geometry) -> np.ndarray:
     """The tracheal air column down to the carina, and the main bronchi (subtracted from the density)."""
-    p, res = g.p, g.res
-    cu, cv = g.carina
+    return _trachea(restricted(g.p, ("mx", "apex")), g.res)
+
+
+@lru_cache(maxsize=8)
+def _trachea(p, res: int) -> np.ndarray:
+    cu, cv = Geometry(p, res).carina
     img = Image.new("L", (res, res), 0)
     draw = ImageDraw.Draw(img)
     canvas.draw_polyline(draw, [(p.mx - 0.002, 0.0), (p.mx + 0.001, cv * 0.6), (cu, cv)], res, 0.028, 255)
@@ -102,7 +110,9 @@ def trachea(g: Geometry) -> np.ndarray:
         s = side_sign(side)
         canvas.draw_polyline(draw, [(cu, cv - 0.005), (cu + s * 0.03, cv + 0.022), (cu + s * 0.055, cv + 0.05)],
                              res, 0.014, 180)
-    return canvas.soft(img, 1.3 * res / 256, scale=0.2 / 255.0)
+    out = canvas.soft(img, 1.3 * res / 256, scale=0.2 / 255.0)
+    out.setflags(write=False)
+    return out
 
 
 def gastric_bubble(g: Geometry, rng: np.random.Generator) -> np.ndarray:

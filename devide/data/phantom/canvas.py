@@ -125,8 +125,10 @@ def _to_float(img: Image.Image) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def gaussian_taps(sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian weights out to 2.5 sigma (what an 8-bit mask can resolve)."""
-    reach = max(1, int(np.ceil(2.5 * sigma)))
+    """Normalised 1-D Gaussian weights out to ``int(2 sigma)`` pixels (at least 1). The sub-pixel blurs
+    (sigma < 1) that soften drawn edges thus use the nearest neighbours only, which carry ~95 % of the
+    weight: the edge comes out a little crisper (sigma ~0.7) for half the arithmetic."""
+    reach = max(1, int(2.0 * sigma))
     x = np.arange(-reach, reach + 1, dtype=np.float64)
     taps = np.exp(-0.5 * (x / sigma) ** 2)
     return (taps / taps.sum()).astype(np.float32)
@@ -208,7 +210,13 @@ def wide_blur(mask: np.ndarray, radius_px: float) -> np.ndarray:
 
 
 def ramp(edge0: float | np.ndarray, edge1: float | np.ndarray, x: np.ndarray) -> np.ndarray:
-    """0 at ``edge0``, 1 at ``edge1`` (either order; edges may be arrays), linear between: a cheap soft step."""
+    """0 at ``edge0``, 1 at ``edge1`` (either order; edges may be arrays broadcasting against ``x``), linear
+    between: a cheap soft step."""
+    if np.ndim(edge0) == 0 and np.ndim(edge1) == 0:  # scalar edges: one multiply-add and a clip, in float32
+        span = float(edge1) - float(edge0)
+        span = span if abs(span) >= 1e-6 else 1e-6
+        out = (x - np.float32(edge0)) * np.float32(1.0 / span)
+        return np.clip(out, 0.0, 1.0, out=out)
     span = np.asarray(edge1, dtype=np.float32) - edge0
     span = np.where(np.abs(span) < 1e-6, 1e-6, span)
     return np.clip((x - edge0) / span, 0.0, 1.0)

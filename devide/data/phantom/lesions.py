@@ -50,12 +50,12 @@ def _lung_v_range(g: Geometry, side: str) -> tuple[float, float]:
 def draw_effusion(g: Geometry, f: Finding, rng: np.random.Generator, layers: Layers) -> None:
     """Dependent homogeneous opacity with a meniscus (higher laterally), blunting the costophrenic angle and
     effacing the hemidiaphragm."""
-    uu, vv = canvas.grid(g.res)
+    _, vv = canvas.grid(g.res)
     for side in f.sides():
         top, bottom = _lung_v_range(g, side)
         fraction = float(f.size or 0.15) * (rng.uniform(0.8, 1.0) if f.side == "bilateral" else 1.0)
         level = bottom - fraction * (bottom - top)
-        d = np.abs(uu - g.anchor.p.cx) / g.anchor.p.tw
+        d = np.abs(canvas.axis(g.res)[None, :] - g.anchor.p.cx) / g.anchor.p.tw  # [1, res]: depends on u only
         meniscus = level - 0.07 * np.clip((d - 0.35) / 0.65, 0.0, 1.0) ** 2 * (0.5 + fraction)
         ramp = canvas.ramp(meniscus - 0.006, meniscus + 0.03, vv) * g.lungs[side]
         layers.fill(ramp)
