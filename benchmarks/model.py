@@ -101,10 +101,11 @@ def measure(model: DevideModel, precision: str, batch_size: int, steps: int, war
     if not cold:  # steady state: every report already in the cache (frozen) — no effect when unfrozen
         with torch.no_grad():
             model.encode_text(reports)
+    warmup = max(1, warmup)
     batches = [make_batch(batch_size, entities, model, rng, reports, cold, device) for _ in range(warmup + steps)]
-    for batch in batches[:warmup]:
+    flops = step_flops(model, optimizer, batches[0], precision, device)  # the first warmup step, counted
+    for batch in batches[1:warmup]:
         train_step(model, optimizer, batch, precision, device)
-    flops = step_flops(model, optimizer, batches[0], precision, device)
     peak_memory_reset(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

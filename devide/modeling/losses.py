@@ -73,11 +73,12 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gather_with_grad(x: torch.Tensor, differentiable: bool = True) -> tuple[torch.Tensor, int]:
     """All ranks' rows of ``x`` [B_r, ...] concatenated in rank order, with gradient flowing back to each rank.
 
     Returns (gathered [sum_r B_r, ...], offset of this rank's rows). Batches of unequal size (a last partial
     batch) are padded for the collective and trimmed after. Single process: (x, 0), no communication.
+    ``differentiable=False`` gathers without autograd (ids, masks).
     """
     if not _distributed():
         return x, 0
@@ -90,36 +91,45 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes_list = [int(s.item()) for s in sizes]
     longest = max(sizes_list)
     padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, longest - x.shape[0])) if x.shape[0] < longest else x
-    parts = dist_nn.all_gather(padded)
+    if differentiable:
+        parts = dist_nn.all_gather(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
     gathered = torch.cat([part[:n] for part, n in zip(parts, sizes_list)], dim=0)
     return gathered, sum(sizes_list[:rank])
 
 
 @full_precision
 def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
-             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             valid: torch.Tensor | None = None,
+             text_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """L_itc: symmetric InfoNCE between L2-normalised global image and report embeddings.
 
     image_embeds, text_embeds: [B, d] (this process's rows); logit_scale: scalar (already exponentiated);
-    valid: bool [B] (rows without a report are neither anchors nor negatives). Negatives are gathered from
-    every process (with gradient). Each process's loss covers its own anchors against all gathered
-    candidates, so averaging the gradients over processes (DDP) gives the gradient of the global loss.
+    valid: bool [B] (rows without a report are neither anchors nor negatives); text_ids: long [B] identity of
+    each report text: pairs whose reports are identical ("No acute cardiopulmonary process.") are positives
+    of each other, not false negatives (None = all reports distinct). Candidates are gathered from every
+    process (with gradient). Each process's loss covers its own anchors against all gathered candidates, so
+    averaging the gradients over processes (DDP) gives the gradient of the global loss.
     Returns (loss scalar, logits_per_image [B, B_all]).
     """
+    batch, device = image_embeds.shape[0], image_embeds.device
     if valid is None:
-        valid = torch.ones(image_embeds.shape[0], dtype=torch.bool, device=image_embeds.device)
+        valid = torch.ones(batch, dtype=torch.bool, device=device)
     all_images, offset = gather_with_grad(image_embeds)
     all_texts, _ = gather_with_grad(text_embeds)
-    all_valid, _ = gather_with_grad(valid.float().unsqueeze(1))
-    all_valid = all_valid.squeeze(1) > 0.5
-    targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
-    blocked = torch.finfo(torch.float32).min
-    logits_i2t = (logit_scale * image_embeds.float() @ all_texts.float().T).masked_fill(~all_valid, blocked)
-    logits_t2i = (logit_scale * text_embeds.float() @ all_images.float().T).masked_fill(~all_valid, blocked)
-    rows = valid.float()
-    loss_i2t = (F.cross_entropy(logits_i2t, targets, reduction="none") * rows).sum()
-    loss_t2i = (F.cross_entropy(logits_t2i, targets, reduction="none") * rows).sum()
-    return (loss_i2t + loss_t2i) / (2 * rows.sum().clamp_min(1)), logits_i2t
+    all_valid = gather_with_grad(valid, differentiable=False)[0]
+    if text_ids is None:
+        text_ids = torch.arange(batch, device=device) + offset
+    all_ids = gather_with_grad(text_ids, differentiable=False)[0]
+    positives = (text_ids[:, None] == all_ids[None, :]) & all_valid[None, :] & valid[:, None]  # [B, B_all]
+    logits_i2t = logit_scale * image_embeds.float() @ all_texts.float().T
+    logits_t2i = logit_scale * text_embeds.float() @ all_images.float().T
+    candidates = all_valid[None, :].expand_as(positives)
+    loss = (multi_positive_nce(logits_i2t, positives, candidates)
+            + multi_positive_nce(logits_t2i, positives, candidates)) / 2
+    return loss, logits_i2t
 
 
 # ---------------------------------------------------------------------------------------------- multi-positive

@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput
 from .configuration_devide import DevideConfig, resolve_text_model
 from .losses import check_labels, itc_loss, masked_bce, pta_loss, tnc_loss
 from .processing_devide import DevideImageProcessor
-from .text_cache import TextTower, load_pretrained_encoder
+from .text_cache import TextTower, load_pretrained_encoder, text_key
 
 logger = logging.getLogger(__name__)
 KNOWLEDGE_FILE = "knowledge.json"
@@ -244,6 +244,11 @@ class LogitScale(nn.Module):
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
+
+
+def _text_ids(texts: Sequence[str], device: torch.device) -> torch.Tensor:
+    """A 63-bit id per text (from its SHA-256): equal texts, equal ids, on every process. [n] long."""
+    return torch.tensor([int(text_key(t)[:15], 16) for t in texts], dtype=torch.long, device=device)
 
 
 def _mean_description(sentences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -474,11 +479,12 @@ class DevideModel(PreTrainedModel):
             patch_embeds=patch_embeds, cross_attentions=heads["attention"].reshape(batch, -1, *grid),
             sentence_weights=heads["weights"])
         if report_texts is not None:
-            valid = torch.tensor([bool(t and t.strip()) for t in report_texts], device=pixel_values.device)
-            output.text_embeds = self.get_text_features([t if t and t.strip() else "" for t in report_texts])
+            texts = [t.strip() if t else "" for t in report_texts]
+            valid = torch.tensor([bool(t) for t in texts], device=pixel_values.device)
+            output.text_embeds = self.get_text_features(texts)
             if return_loss and cfg.use_itc:
-                output.loss_itc, output.logits_per_image = itc_loss(image_embeds, output.text_embeds,
-                                                                    self.itc_scale(), valid)
+                output.loss_itc, output.logits_per_image = itc_loss(
+                    image_embeds, output.text_embeds, self.itc_scale(), valid, _text_ids(texts, valid.device))
         if return_loss and labels is not None:
             self._label_losses(output, heads, labels, packed)
         if return_loss:

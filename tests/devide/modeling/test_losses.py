@@ -195,3 +195,20 @@ def test_itc_negatives_gathered_across_two_processes():
                                            rtol=1e-5, atol=1e-6)
         weighted = sum(results[(case, rank)][0] * sizes[rank] for rank in range(2)) / n
         assert weighted == pytest.approx(global_loss.item(), rel=1e-5)
+
+
+def test_itc_identical_reports_are_positives_not_negatives():
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    texts = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    ids = torch.tensor([7, 7, 9])  # images 0 and 1 share a report text
+    value, _ = losses.itc_loss(images, texts, torch.tensor(1.0), text_ids=ids)
+    sims = (images @ texts.T).tolist()  # sims[i][j] = image i . text j
+
+    def term(row: list[float], positives: list[int]) -> float:
+        log_z = math.log(sum(math.exp(v) for v in row))
+        return -sum(row[p] - log_z for p in positives) / len(positives)
+
+    positives = [[0, 1], [0, 1], [2]]
+    i2t = [term(sims[i], positives[i]) for i in range(3)]
+    t2i = [term([sims[i][j] for i in range(3)], positives[j]) for j in range(3)]
+    assert value.item() == pytest.approx((sum(i2t) / 3 + sum(t2i) / 3) / 2, rel=1e-6)
