@@ -109,15 +109,19 @@ def upscaled_mask_to_rle(mask: np.ndarray, factor: int) -> str:
     """:func:`mask_to_rle` of ``mask`` (``[r, r]`` bool) upscaled ``factor`` times by pixel replication, without
     building the upscaled mask: each run of a low-resolution column becomes ``factor`` runs ``factor`` times
     longer, and runs that meet across a column boundary are joined, as in the column-major flattening."""
-    rows = mask.shape[0]
-    size = rows * factor
-    padded = np.zeros((mask.shape[1], rows + 2), np.int8)
-    padded[:, 1:-1] = np.asarray(mask, bool).T  # one low-resolution column per row
+    mask = np.asarray(mask, bool)
+    size = mask.shape[0] * factor
+    used_rows, used_cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if used_rows.size == 0:
+        return "-1"
+    r0, c0 = used_rows[0], used_cols[0]  # runs are found inside the mask's bounding box only
+    crop = mask[r0:used_rows[-1] + 1, c0:used_cols[-1] + 1]
+    padded = np.zeros((crop.shape[1], crop.shape[0] + 2), np.int8)
+    padded[:, 1:-1] = crop.T  # one low-resolution column per row
     edges = np.diff(padded, axis=1)
     col, first = np.nonzero(edges == 1)
     _, last = np.nonzero(edges == -1)
-    if col.size == 0:
-        return "-1"
+    col, first, last = col + c0, first + r0, last + r0
     copies = np.arange(factor)
     column_start = ((col[:, None] * factor + copies[None, :]) * size).reshape(-1)
     starts = column_start + np.repeat(first * factor, factor)
