@@ -24,17 +24,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from knowledge.cache import AnswerCache  # noqa: E402
-from knowledge.fake_server import FakeOpenAIServer  # noqa: E402
-from knowledge.harmonizer import render_sources  # noqa: E402
-from knowledge.labeler import ReportLabeler  # noqa: E402
-from knowledge.llm import (  # noqa: E402
-    LOCAL_MODEL_ALIAS, ChatClient, ChatSettings, LocalLlamaServer, local_backend_problem,
+from knowledge.cache import AnswerCache
+from knowledge.fake_server import FakeOpenAIServer
+from knowledge.harmonizer import render_sources
+from knowledge.labeler import ReportLabeler
+from knowledge.llm import (
+    LOCAL_MODEL_ALIAS,
+    ChatClient,
+    ChatSettings,
+    LocalLlamaServer,
+    local_backend_problem,
 )
-from knowledge.prompts import load_prompt  # noqa: E402
-from knowledge.schema import ASPECTS, answer_schema, parse_answer  # noqa: E402
-from knowledge.sources import SourceItem, report_files  # noqa: E402
-from knowledge.vocabulary import load_vocabulary  # noqa: E402
+from knowledge.prompts import load_prompt
+from knowledge.schema import ASPECTS, answer_schema, parse_answer
+from knowledge.sources import SourceItem, report_files
+from knowledge.vocabulary import load_vocabulary
 
 RESULTS = Path(__file__).parent / "results" / "harmonize.json"
 CHEXPERT_COLUMNS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -86,7 +90,7 @@ def bench_concurrency(latency: float, n_items: int, levels: list[int]) -> list[d
 
 
 def bench_local(n_requests: int) -> dict:
-    problem = local_backend_problem()
+    problem = local_backend_problem() if n_requests > 0 else "--local-requests 0"
     if problem:
         print(f"local backend skipped: {problem}")
         return {"skipped": problem}
@@ -96,7 +100,7 @@ def bench_local(n_requests: int) -> dict:
             startup = time.perf_counter() - started
             settings = ChatSettings(base_url, LOCAL_MODEL_ALIAS, api_key_env=None, concurrency=1, timeout=120,
                                     max_tokens=256, response_format="json_object")
-            elapsed, latencies, client = asyncio.run(_drive(settings, n_requests, Path(tmp), contains_reports=True))
+            _elapsed, latencies, client = asyncio.run(_drive(settings, n_requests, Path(tmp), contains_reports=True))
     stats = client.stats.as_dict()
     result = {"requests": n_requests, "server_start_s": round(startup, 2),
               "latency_median_s": round(statistics.median(latencies), 3),
@@ -113,10 +117,9 @@ def _read_chexpert(root: Path) -> dict[str, dict[str, int]]:
 
     frame = pd.read_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz")
     truth = {}
-    for row in frame.itertuples(index=False):
-        values = row._asdict()
-        labels = {c: int(values[c.replace(" ", "_")]) for c in CHEXPERT_COLUMNS
-                  if c.replace(" ", "_") in values and values[c.replace(" ", "_")] == values[c.replace(" ", "_")]}
+    for values in frame.to_dict("records"):
+        # blank (NaN) = not mentioned: NaN != NaN
+        labels = {c: int(values[c]) for c in CHEXPERT_COLUMNS if c in values and values[c] == values[c]}
         truth[f"s{int(values['study_id'])}"] = labels
     return truth
 
@@ -163,7 +166,7 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.2, help="fake server latency per request (s)")
     parser.add_argument("--items", type=int, default=64)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--local-requests", type=int, default=5)
+    parser.add_argument("--local-requests", type=int, default=5, help="0 skips the local backend")
     parser.add_argument("--synthetic-reports", type=int, default=2000)
     args = parser.parse_args()
     os.environ.setdefault("DEVIDE_QUIET", "1")

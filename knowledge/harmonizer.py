@@ -118,6 +118,8 @@ class HarmonizerSettings:
     min_support: float = 0.6
     max_reasks: int = 1
     llm_sources: tuple[str, ...] = ("description", "report")
+    max_total_requests: int | None = None
+    """A budget for the whole run (vocabulary order); batches beyond it are rules-tagged, never dropped."""
 
 
 def render_sources(items: list[SourceItem]) -> str:
@@ -205,6 +207,13 @@ class Harmonizer:
             for row in rules_rows(entity, over, "over-request-budget", self.base):
                 results[entity].add(row)
             jobs += [(entity, batch) for batch in batches]
+        budget = self.settings.max_total_requests
+        if budget is not None and len(jobs) > budget:
+            logger.info("request budget %d: %d batches rules-tagged instead", budget, len(jobs) - budget)
+            for entity, batch in jobs[budget:]:
+                for row in rules_rows(entity, batch, "over-request-budget", self.base):
+                    results[entity].add(row)
+            jobs = jobs[:budget]
         tasks = [asyncio.ensure_future(self._request(entity, batch, results[entity])) for entity, batch in jobs]
         try:
             for task in progress(asyncio.as_completed(tasks), total=len(tasks), desc="harmonize", unit="req"):

@@ -13,9 +13,9 @@ a negation scope ("no findings to suggest pneumonia") is negated.
 
 Labels per study: 1 present, 0 absent, -1 uncertain; entities never mentioned are absent from the dict. Across
 mentions, present beats uncertain beats absent (a study that says "no effusion on the left, small effusion on
-the right" has an effusion). A present specific device sets ``support_devices``. ``no_finding`` is 1 when
-stated ("no acute cardiopulmonary process") or when every mentioned finding is absent, and 0 as soon as any
-non-device finding is present or uncertain.
+the right" has an effusion). A child's status also counts for its parents (nodule -> lung_lesion, chest tube
+-> support_devices). ``no_finding`` is 1 when stated ("no acute cardiopulmonary process") or when every
+mentioned finding is absent, and 0 as soon as any non-device finding is present or uncertain.
 
 Optional: :func:`labels_from_radgraph` converts a RadGraph annotation (OBS-DP/OBS-DA/OBS-U) to the same labels.
 """
@@ -291,6 +291,7 @@ class ReportLabeler:
         self._terms = PhraseMatcher(terms, plurals=True)
         self._triggers = PhraseMatcher(_trigger_table())
         self._devices = {e.id for e in self.vocab if e.category == "device"}
+        self._parents = {e.id: [p for p in e.parents if p in self.vocab] for e in self.vocab if e.parents}
 
     # -- sentence level
     def _find_triggers(self, words: list[str], taken: set[int]) -> list[_Trigger]:
@@ -373,13 +374,17 @@ class ReportLabeler:
             current = labels.get(mention.entity)
             if current is None or rank[mention.status] > rank[current]:
                 labels[mention.entity] = mention.status
-        self._roll_up_devices(labels)
+        self._roll_up(labels, rank)
         return self._apply_no_finding(labels)
 
-    def _roll_up_devices(self, labels: dict[str, int]) -> None:
-        """A present specific device (tube, line, pacemaker) makes ``support_devices`` present, as in CheXpert."""
-        if "support_devices" in self.vocab and any(labels.get(d) == PRESENT for d in self._devices):
-            labels["support_devices"] = PRESENT
+    def _roll_up(self, labels: dict[str, int], rank: dict[int, int]) -> None:
+        """A child's status also counts for its parents (nodule -> lung_lesion, chest tube -> support_devices),
+        with the same precedence as mentions, the way CheXpert's classes group findings."""
+        for entity, status in list(labels.items()):
+            for parent in self._parents.get(entity, ()):
+                current = labels.get(parent)
+                if current is None or rank[status] > rank[current]:
+                    labels[parent] = status
 
     def _apply_no_finding(self, labels: dict[str, int]) -> dict[str, int]:
         if "no_finding" not in self.vocab:

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -156,8 +157,8 @@ class ChatClient:
         async with self._endpoint_lock:
             if self._start_endpoint is not None:
                 start, self._start_endpoint = self._start_endpoint, None
-                try:
-                    self.settings.base_url = await asyncio.to_thread(start)
+                try:  # started from this (the main) thread: see LocalLlamaServer.start on parent-death signals
+                    self.settings.base_url = start()
                 except Exception as exc:  # noqa: BLE001 - any start failure ends the run with its reason
                     self._start_error = EndpointError(f"could not start the LLM server: {_one_line(str(exc))}")
             if self._start_error is not None:
@@ -347,6 +348,19 @@ def local_backend_problem() -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): ask for SIGTERM when the parent dies, even by SIGKILL, so a killed
+    stage never leaves a server holding a core. The signal follows the *thread* that started the child, so the
+    server must be started from a long-lived thread (the stage's main thread)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -382,7 +396,7 @@ class LocalLlamaServer:
         self.port = free_port()
         self._log_handle = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         logger.info("started llama.cpp server pid %d on %s (%s)", self.process.pid, self.base_url,
                     self.model_path.name)
         self._wait_ready()

@@ -72,6 +72,8 @@ class HarmonizeConfig(StageConfig):
     concurrency: int = Field(2, ge=1, description="requests in flight")
     sentences_per_request: int = Field(6, ge=1)
     max_requests_per_entity: int = Field(2, ge=1, description="sources beyond the budget are rules-tagged")
+    max_llm_requests: int | None = Field(None, ge=0, description="request budget of the whole run (None: "
+                                         "unbounded); batches beyond it are rules-tagged")
     descriptions_per_entity: int = Field(12, ge=0)
     report_sentences_per_entity: int = Field(3, ge=0)
     max_reports: int = Field(2000, ge=0, description="reports scanned for representative sentences")
@@ -176,7 +178,8 @@ async def _harmonize_async(cfg: HarmonizeConfig, settings: ChatSettings, sources
     client = ChatClient(settings, cache, f"{prompt.version}+schema@{schema_hash()}", answer_schema(), start_endpoint)
     harmonizer = Harmonizer(vocab, client, prompt, HarmonizerSettings(
         sentences_per_request=cfg.sentences_per_request, max_requests_per_entity=cfg.max_requests_per_entity,
-        min_support=cfg.min_support, max_reasks=cfg.max_reasks, llm_sources=tuple(cfg.llm_sources)), backend)
+        min_support=cfg.min_support, max_reasks=cfg.max_reasks, llm_sources=tuple(cfg.llm_sources),
+        max_total_requests=cfg.max_llm_requests), backend)
     try:
         results = await harmonizer.harmonize(sources.items)
     finally:

@@ -54,6 +54,8 @@ class Entity:
     mappings: dict[str, list[str]] = field(default_factory=dict)
     absent_phrases: list[str] = field(default_factory=list)
     """Phrases that state the observation is absent (``heart size is normal`` for cardiomegaly)."""
+    parents: list[str] = field(default_factory=list)
+    """Broader entities this one implies, as CheXpert groups them (a nodule is a lung lesion)."""
 
     @property
     def terms(self) -> list[str]:
@@ -138,7 +140,8 @@ def _parse_entity(raw: Any, index: int) -> Entity:
         raise VocabularyError(f"entity #{index} must be a mapping")
     entity_id = raw.get("id")
     where = f"entity '{entity_id}'" if entity_id else f"entity #{index}"
-    unknown = set(raw) - {"id", "name", "category", "definition", "synonyms", "mappings", "absent_phrases"}
+    unknown = set(raw) - {"id", "name", "category", "definition", "synonyms", "mappings", "absent_phrases",
+                          "parents"}
     if unknown:
         raise VocabularyError(f"{where}: unknown keys {sorted(unknown)}")
     if not isinstance(entity_id, str) or not _ID_PATTERN.match(entity_id):
@@ -162,6 +165,7 @@ def _parse_entity(raw: Any, index: int) -> Entity:
         synonyms=_string_list(raw.get("synonyms"), f"{where}: synonyms"),
         mappings={k: _string_list(v, f"{where}: mappings.{k}") for k, v in mappings.items()},
         absent_phrases=_string_list(raw.get("absent_phrases"), f"{where}: absent_phrases"),
+        parents=_string_list(raw.get("parents"), f"{where}: parents"),
     )
 
 
@@ -184,6 +188,10 @@ def parse_vocabulary(data: Any, source: str = "<data>") -> Vocabulary:
     if duplicates:
         raise VocabularyError(f"{source}: duplicate entity ids {duplicates}")
     _check_terms_unique(entities)
+    for entity in entities:
+        bad = [p for p in entity.parents if p not in ids or p == entity.id]
+        if bad:
+            raise VocabularyError(f"{source}: entity '{entity.id}' has unknown or self parent {bad[0]!r}")
     return Vocabulary(entities, version=data.get("version", 1), source=source)
 
 

@@ -245,3 +245,13 @@ def test_endpoint_start_failure_is_fatal(tmp_path, descriptions, monkeypatch):
     monkeypatch.setattr("knowledge.stage.LocalLlamaServer", Broken)
     with pytest.raises(StageError, match="could not start the LLM server: llama.cpp server exited"):
         harmonize(tmp_path / "kb", descriptions=descriptions, entities=["pneumothorax", "pleural_effusion"])
+
+
+def test_run_request_budget_rules_tags_the_rest(tmp_path, descriptions):
+    with FakeOpenAIServer() as server:
+        result, _ = harmonize(tmp_path / "kb", **llm_config(server, descriptions=descriptions, max_llm_requests=2))
+        assert len(server.requests) == 2
+    kb = KnowledgeBase.load(result.out)
+    methods = {r.provenance["method"] for r in kb.rows}
+    assert "over-request-budget" in methods and "llm" in methods
+    assert set(load_knowledge(result.out)) == set(ENTITIES)
