@@ -124,13 +124,38 @@ def to_grey(density: np.ndarray, p: AnatomyParams, size: int) -> np.ndarray:
     """Map density to 8-bit grey at the output size, with detector noise. Returns ``[size, size]`` uint8."""
     index = (density - np.float32(p.lo)) * np.float32(LUT_SIZE / (p.hi - p.lo))
     np.clip(index, 0, LUT_SIZE - 1, out=index)
-    img = Image.fromarray(_response_lut(round(p.gamma, 4))[index.astype(np.int32)])
-    if img.size[0] != size:
-        img = img.resize((size, size), Image.BILINEAR)
-    grey = np.multiply(_noise_field(size, p.seeds[2]), np.float32(p.noise))  # in place from here on
-    grey += np.asarray(img, dtype=np.float32)
+    grey8 = _response_lut(round(p.gamma, 4))[index.astype(np.int32)]
+    noise = _noise_field(size, p.seeds[2])
+    if size == 2 * grey8.shape[0]:  # the usual case (512 px and up): bilinear 2x in integers, 16x scaled
+        grey = np.multiply(noise, np.float32(16.0 * p.noise))  # in place from here on
+        grey += upsample2(grey8)
+        grey *= np.float32(1.0 / 16.0)
+    else:
+        img = Image.fromarray(grey8)
+        if img.size[0] != size:
+            img = img.resize((size, size), Image.BILINEAR)
+        grey = np.multiply(noise, np.float32(p.noise))
+        grey += np.asarray(img, dtype=np.float32)
     np.clip(grey, 0, 255, out=grey)
     return grey.astype(np.uint8)
+
+
+def upsample2(a: np.ndarray) -> np.ndarray:
+    """Bilinear 2x upsampling (pixel centres, edges clamped) of a uint8 image ``[h, w]`` in integer arithmetic:
+    ``[2h, 2w]`` uint16 holding 16 x the interpolated value (Pillow's BILINEAR to within rounding, 4x faster)."""
+    a = a.astype(np.uint16)
+    h, w = a.shape
+    padded = np.concatenate([a[:1], a, a[-1:]], axis=0)
+    centre = 3 * padded[1:-1]
+    rows = np.empty((2 * h, w), np.uint16)
+    np.add(centre, padded[:-2], out=rows[0::2])  # 3/4 of this row + 1/4 of the one above
+    np.add(centre, padded[2:], out=rows[1::2])
+    padded = np.concatenate([rows[:, :1], rows, rows[:, -1:]], axis=1)
+    centre = 3 * padded[:, 1:-1]
+    out = np.empty((2 * h, 2 * w), np.uint16)
+    np.add(centre, padded[:, :-2], out=out[:, 0::2])
+    np.add(centre, padded[:, 2:], out=out[:, 1::2])
+    return out
 
 
 LUT_SIZE = 2048

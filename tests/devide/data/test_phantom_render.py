@@ -140,3 +140,12 @@ def test_anatomy_change_matches_a_second_composition(entity):
     without, _ = render._density(case, base, [f for f in findings if f is not finding], SIZE)
     assert np.abs(change - np.abs(density - without)).max() < 1e-5
     assert (change > render.VISIBLE_DENSITY).any()
+
+
+def test_integer_upsampling_matches_pillow_bilinear():
+    from devide.data.phantom.render import upsample2
+
+    image = (np.random.default_rng(1).random((37, 53)) * 255).astype(np.uint8)
+    pillow = np.asarray(Image.fromarray(image).resize((106, 74), Image.BILINEAR), dtype=int)
+    ours = (upsample2(image).astype(int) + 8) // 16
+    assert np.abs(pillow - ours).max() <= 1
