@@ -13,8 +13,10 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"images_per_second": train.get("images_per_second"), "steps": train.get("steps"),
                            "train_images": train.get("train_images")}
     if "classification" in metrics:
-        macro = metrics["classification"]["macro"]["all"]
-        out.update(auc=macro["auc"], auc_ci=macro["auc_ci"])
+        groups = metrics["classification"]["macro"]
+        out.update(auc=groups["all"]["auc"], auc_ci=groups["all"]["auc_ci"],
+                   auc_groups={name: {"auc": g["auc"], "auc_ci": g["auc_ci"]} for name, g in groups.items()
+                               if name != "all"})
         grounding = (metrics.get("grounding") or {}).get("overall") or {}
         out.update(pointing_game=grounding.get("pointing_game"), map_auroc=grounding.get("map_auroc"),
                    grounding_n=grounding.get("n"))
@@ -47,20 +49,22 @@ def comparisons(rows: dict[str, dict[str, Any]], variants: list[Any]) -> dict[st
 def markdown(results: dict[str, Any]) -> str:
     """results.md: the setting, the variant table and the comparisons."""
     setting = results["setting"]
+    intro = (f"Split protocol: {setting['split_protocol']}; labelled: {setting['selected_images']} images of "
+             f"{setting['selected_patients']} patients (of {setting['pool_patients']}); test: "
+             f"{setting['test_images']} images; seed {setting['seed']}.")
     lines = [f"# Fine-tuning: {setting['dataset']} {setting['task']} with {setting['fraction'] * 100:g} % of the labels",
-             "", f"Split protocol: {setting['split_protocol']}; labelled: {setting['selected_images']} images of "
-             f"{setting['selected_patients']} patients (of {setting['pool_patients']}); test: {setting['test_images']} "
-             f"images; seed {setting['seed']}.", ""]
+             "", intro, ""]
     rows = results["variants"]
     if setting["task"] == "classification":
-        lines += ["| variant | macro AUC [95 % CI] | pointing game | map AUROC | images/s |", "|---|---|---|---|---|"]
+        lines += ["| variant | macro AUC [95 % CI] | class subsets | pointing game | map AUROC | images/s |",
+                  "|---|---|---|---|---|---|"]
         for name, row in rows.items():
-            lines.append(f"| {name} | {fmt_ci({'auc': row['auc'], 'auc_ci': row['auc_ci']})} | "
-                         f"{fmt(row.get('pointing_game'))} | {fmt(row.get('map_auroc'))} | "
-                         f"{fmt(row.get('images_per_second'), 1)} |")
+            subsets = "; ".join(f"{g} {fmt_ci(e)}" for g, e in row.get("auc_groups", {}).items()) or "-"
+            lines.append(f"| {name} | {fmt_ci(row)} | {subsets} | {fmt(row.get('pointing_game'))} | "
+                         f"{fmt(row.get('map_auroc'))} | {fmt(row.get('images_per_second'), 1)} |")
     else:
-        lines += ["| variant | Dice (positive images) | Dice (all images, MedKLIP) | IoU (positive) | IoU (all) "
-                  "| images/s |", "|---|---|---|---|---|---|"]
+        lines += [("| variant | Dice (positive images) | Dice (all images, MedKLIP) | IoU (positive) | IoU (all) "
+                   "| images/s |"), "|---|---|---|---|---|---|"]
         for name, row in rows.items():
             lines.append(f"| {name} | {fmt(row.get('dice_positive'))} | {fmt(row.get('dice_all'))} | "
                          f"{fmt(row.get('iou_positive'))} | {fmt(row.get('iou_all'))} | "
@@ -72,10 +76,12 @@ def markdown(results: dict[str, Any]) -> str:
             for pair, diffs in results["comparisons"][key].items():
                 shown = ", ".join(f"{k} {v:+.3f}" for k, v in diffs.items() if v is not None)
                 lines.append(f"- {pair}: {shown or 'n/a'}")
-    lines += ["", "Dice (positive images): mean over images with a non-empty ground-truth mask. Dice (all images, "
-              "MedKLIP): negatives included, an empty prediction on a negative image counts 1.",
-              "AUC: macro over classes with both positives and negatives in the test split; CIs from "
-              f"{setting['bootstrap']} bootstrap resamples of the test images."]
+    if setting["task"] == "classification":
+        lines += ["", (f"AUC: macro over classes with both positives and negatives in the test split; 95 % CIs from "
+                       f"{setting['bootstrap']} bootstrap resamples of the test images.")]
+    else:
+        lines += ["", ("Dice (positive images): mean over images with a non-empty ground-truth mask. Dice (all "
+                       "images, MedKLIP): negatives included, an empty prediction on a negative image counts 1.")]
     return "\n".join(lines) + "\n"
 
 

@@ -120,7 +120,7 @@ def test_partition_is_patient_level_with_dicom_patient_ids(tmp_path):
 
 def test_official_chexpert_reads_train_csv_and_rejects_shared_patients(tmp_path):
     fixtures.chexpert(tmp_path)
-    classes = ",".join(["No Finding", "Cardiomegaly", "Edema", "Pleural Effusion"])
+    classes = "No Finding,Cardiomegaly,Edema,Pleural Effusion"
     rows = ["Path,Sex,Age,Frontal/Lateral,AP/PA," + classes]
     for i, (view, values) in enumerate([("Frontal", "1.0,0.0,,"), ("Frontal", ",1.0,-1.0,0.0"),
                                         ("Lateral", ",1.0,0.0,0.0"), ("Frontal", ",0.0,1.0,")]):

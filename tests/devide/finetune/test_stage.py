@@ -16,7 +16,7 @@ from devide.finetune.stage import STAGE
 from devide.stage import execute_stage
 from tests.devide.finetune import datasets
 
-FAST = dict(epochs=1, batch_size=4, eval_batch_size=8, workers=0, bootstrap=20, tensorboard=False)
+FAST = {"epochs": 1, "batch_size": 4, "eval_batch_size": 8, "workers": 0, "bootstrap": 20, "tensorboard": False}
 
 
 @pytest.fixture(scope="module")
