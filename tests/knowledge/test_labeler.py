@@ -113,3 +113,11 @@ def test_radgraph_import(labeler):
     assert labels_from_radgraph(nested, labeler) == {"edema": 1, "no_finding": 0}
     with pytest.raises(ValueError):
         labels_from_radgraph({"text": "x"}, labeler)
+
+
+def test_children_roll_up_to_chexpert_style_parents(labeler):
+    assert labeler.label("A 1.2 cm nodule in the right upper zone.") == {"nodule": 1, "lung_lesion": 1, "no_finding": 0}
+    assert labeler.label("No pulmonary nodule.") == {"nodule": 0, "lung_lesion": 0, "no_finding": 1}
+    labels = labeler.label("No nodule. Large left lung mass.")
+    assert labels["lung_lesion"] == 1 and labels["nodule"] == 0
+    assert labeler.label("Left chest tube in place.")["support_devices"] == 1

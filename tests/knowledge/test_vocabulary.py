@@ -62,6 +62,7 @@ def _entity(**over):
      "maps to both"),
     ([_entity(id="x"), _entity(id="y", name="B", synonyms=["a"])], "synonym of both"),
     ([_entity(definition="")], "definition"),
+    ([_entity(parents=["nowhere"])], "unknown or self parent"),
 ])
 def test_malformed_vocabulary_is_rejected_in_one_line(entities, message):
     with pytest.raises(VocabularyError, match=message) as info:
