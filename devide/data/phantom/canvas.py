@@ -156,13 +156,13 @@ def _blur_zero(a: np.ndarray, taps: np.ndarray) -> np.ndarray:
         out = a * taps[reach]
         n = a.shape[axis]
         for k in range(1, min(reach, n - 1) + 1):
-            w = taps[reach + k]  # symmetric: the same weight for the pixel k before and k after
+            weighted = taps[reach + k] * a  # symmetric taps: one product serves the pixel k before and k after
             if axis == 0:
-                out[k:] += w * a[:-k]
-                out[:-k] += w * a[k:]
+                out[k:] += weighted[:-k]
+                out[:-k] += weighted[k:]
             else:
-                out[:, k:] += w * a[:, :-k]
-                out[:, :-k] += w * a[:, k:]
+                out[:, k:] += weighted[:, :-k]
+                out[:, :-k] += weighted[:, k:]
         a = out
     return a
 
