@@ -10,14 +10,17 @@ one report per image. "frozen" is the steady state: knowledge and the report poo
 (a second epoch); "frozen_cold" (tiny, fp32 only) draws unseen report texts every step (a first epoch: only the
 knowledge is cached). Peak memory: CPU = the process's peak RSS during the run (VmHWM, reset before each run),
 CUDA = torch.cuda.max_memory_allocated. FLOPs per step come from torch.utils.flop_counter (matmuls,
-convolutions, attention); MFU = achieved FLOP/s / the device's peak (dense bf16 for bf16 runs, TF32 for fp32
-runs on CUDA; --peak-tflops overrides). Writes benchmarks/results/model.json (model_cuda.json for --device cuda).
+convolutions, attention) on the first, untimed step; MFU = achieved FLOP/s / the device's peak (dense bf16 for
+bf16 runs, TF32 for fp32 runs on CUDA; --peak-tflops overrides). Writes benchmarks/results/model.json
+(model_cuda.json for --device cuda), rewritten after every run so a cut-short benchmark keeps its rows; the
+CPU load average is recorded because shared machines distort absolute figures (compare ratios).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import time
@@ -31,8 +34,9 @@ from devide.modeling import DEFAULT_ENTITIES, DevideConfig, DevideModel
 RESULTS = Path(__file__).parent / "results"
 # Dense peak throughput (TFLOP/s) by device-name fragment: (bf16 tensor core, TF32 tensor core).
 PEAK_TFLOPS = {"H200": (989.0, 494.0), "H100": (989.0, 494.0), "A100": (312.0, 156.0), "L4": (121.0, 60.0)}
-WORDS = ("opacity lower zone right left basal apical diffuse patchy well defined ill margin round linear "
-         "pleural fluid air lucency nodular reticular interstitial density heart border contour").split()
+WORDS = ("opacity", "lower", "zone", "right", "left", "basal", "apical", "diffuse", "patchy", "well",
+         "defined", "ill", "margin", "round", "linear", "pleural", "fluid", "air", "lucency", "nodular",
+         "reticular", "interstitial", "density", "heart", "border", "contour")
 
 
 def sentence(rng: random.Random, length: int = 16) -> str:
@@ -55,7 +59,7 @@ def make_batch(batch_size: int, entities: int, model: DevideModel, rng: random.R
     labels = torch.tensor([[rng.choice((1, 0, 0, -1, -100, -100)) for _ in range(entities)]
                            for _ in range(batch_size)], device=device)
     texts = [sentence(rng, 40) if cold else rng.choice(reports) for _ in range(batch_size)]
-    return dict(pixel_values=pixels, labels=labels, report_texts=texts)
+    return {"pixel_values": pixels, "labels": labels, "report_texts": texts}
 
 
 def peak_memory_reset(device: torch.device) -> None:
@@ -98,8 +102,10 @@ def measure(model: DevideModel, precision: str, batch_size: int, steps: int, war
     reports = [sentence(rng, 40) for _ in range(256)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
-    if not cold:  # steady state: every report already in the cache (frozen) — no effect when unfrozen
-        with torch.no_grad():
+    with torch.no_grad():  # knowledge in the cache (frozen: encoded once, before training); no effect unfrozen
+        packed = model._training_knowledge()
+        model.encode_text(packed.names + packed.sentences)
+        if not cold:  # steady state: every report already seen (a second epoch)
             model.encode_text(reports)
     warmup = max(1, warmup)
     batches = [make_batch(batch_size, entities, model, rng, reports, cold, device) for _ in range(warmup + steps)]
@@ -115,9 +121,9 @@ def measure(model: DevideModel, precision: str, batch_size: int, steps: int, war
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return dict(images_per_s=steps * batch_size / seconds, step_s=seconds / steps,
-                peak_memory_mb=round(peak_memory_mb(device), 1), gflops_per_step=flops / 1e9,
-                achieved_tflops=flops * steps / seconds / 1e12)
+    return {"images_per_s": steps * batch_size / seconds, "step_s": seconds / steps,
+                "peak_memory_mb": round(peak_memory_mb(device), 1), "gflops_per_step": flops / 1e9,
+                "achieved_tflops": flops * steps / seconds / 1e12}
 
 
 def device_peak_tflops(device: torch.device, precision: str, override: float | None) -> float | None:
@@ -132,14 +138,15 @@ def device_peak_tflops(device: torch.device, precision: str, override: float | N
     return None
 
 
-def run_grid(args: argparse.Namespace, device: torch.device) -> list[dict]:
+def run_grid(args: argparse.Namespace, device: torch.device, save) -> list[dict]:
+    """Every (vision, text, precision) run; ``save(rows)`` after each, so a cut-short run keeps its rows."""
     rows = []
     plan = [("tiny", args.batch_size, args.steps, args.warmup)]
     if not args.skip_vit_b:
         plan.append(("vit-b16", args.vit_b_batch_size, args.vit_b_steps, 1))
     for vision, batch_size, steps, warmup in plan:
         for text_mode in ("frozen", "unfrozen", "frozen_cold"):
-            if text_mode == "frozen_cold" and vision != "tiny":
+            if vision != "tiny" and text_mode not in args.vit_b_text:
                 continue
             model = make_model(vision, text_mode != "unfrozen", args.entities, args.sentences).to(device)
             for precision in ("fp32", "bf16"):
@@ -156,6 +163,7 @@ def run_grid(args: argparse.Namespace, device: torch.device) -> list[dict]:
                       f"{row['peak_memory_mb']:8.0f} MB  {row['gflops_per_step']:9.1f} GFLOP/step"
                       + (f"  MFU {row['mfu']:.3f}" if row["mfu"] is not None else ""), flush=True)
                 rows.append(row)
+                save(rows)
             del model
     return rows
 
@@ -189,12 +197,15 @@ def main() -> None:
     parser.add_argument("--vit-b-batch-size", type=int, default=None, help="ViT-B batch (default 4 CPU, 64 CUDA)")
     parser.add_argument("--vit-b-steps", type=int, default=None, help="ViT-B timed steps (default 2 CPU, 10 CUDA)")
     parser.add_argument("--skip-vit-b", action="store_true", help="only the tiny tower")
+    parser.add_argument("--vit-b-text", default="frozen,unfrozen",
+                        help="text modes for ViT-B, comma-separated (default frozen,unfrozen)")
     parser.add_argument("--entities", type=int, default=21, help="entities per step (default 21)")
     parser.add_argument("--sentences", type=int, default=8, help="knowledge sentences per entity (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/model*.json)")
     args = parser.parse_args()
+    args.vit_b_text = [mode.strip() for mode in args.vit_b_text.split(",") if mode.strip()]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
@@ -206,13 +217,18 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.set_num_threads(args.threads)
-    rows = run_grid(args, device)
-    report = dict(benchmark="model", device=torch.cuda.get_device_name(device) if cuda else platform.processor()
-                  or platform.machine(), torch=torch.__version__, threads=args.threads, entities=args.entities,
-                  sentences_per_entity=args.sentences, results=rows, ratios=ratios(rows))
     out = args.out or RESULTS / ("model_cuda.json" if cuda else "model.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
+
+    def save(rows: list[dict]) -> dict:
+        report = {"benchmark": "model", "device": device_name, "torch": torch.__version__, "threads": args.threads,
+                      "cpu_load_average": list(os.getloadavg()), "entities": args.entities,
+                      "sentences_per_entity": args.sentences, "results": rows, "ratios": ratios(rows)}
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
+    report = save(run_grid(args, device, save))
     print(json.dumps(report["ratios"], indent=2))
     print(f"wrote {out}")
 

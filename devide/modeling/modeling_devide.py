@@ -327,7 +327,7 @@ class DevideModel(PreTrainedModel):
         for parameter in self.vision.parameters():
             parameter.requires_grad_(not self.config.freeze_vision)
 
-    def train(self, mode: bool = True) -> "DevideModel":
+    def train(self, mode: bool = True) -> DevideModel:
         super().train(mode)
         if self.config.freeze_text:
             self.text.eval()
@@ -356,7 +356,7 @@ class DevideModel(PreTrainedModel):
         cleaned: dict[str, list[str]] = {}
         for entity, sentences in knowledge.items():
             if isinstance(sentences, str):
-                raise ValueError(f"knowledge for {entity!r} must be a list of sentences, not a string")
+                raise TypeError(f"knowledge for {entity!r} must be a list of sentences, not a string")
             unique = list(dict.fromkeys(s.strip() for s in sentences if s and s.strip()))
             cleaned[str(entity)] = unique[: self.config.max_sentences_per_entity]
         missing = [e for e in self.config.entities if not cleaned.get(e)]
@@ -453,8 +453,8 @@ class DevideModel(PreTrainedModel):
             logits = self.presence_head(fused).squeeze(-1).float()
         else:  # trained without L_bce: score = scaled cosine with the entity's mean description
             logits = self.tnc_scale() * torch.einsum("bed,ed->be", entity_embeds, _mean_description(sentences, mask))
-        return dict(logits=logits, entity_embeds=entity_embeds, attention=attention, weights=weights,
-                    sentences=sentences, sentence_mask=mask)
+        return {"logits": logits, "entity_embeds": entity_embeds, "attention": attention, "weights": weights,
+                    "sentences": sentences, "sentence_mask": mask}
 
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
@@ -600,7 +600,7 @@ class DevideModel(PreTrainedModel):
                           commit_message=kwargs.get("commit_message") or "Upload DevideModel")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "DevideModel":
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> DevideModel:
         """Restore a saved model: weights, then knowledge.json and the tokenizer from the same folder/repo."""
         token = _LOADING_SAVED_MODEL.set(True)
         try:

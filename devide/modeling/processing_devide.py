@@ -11,7 +11,7 @@ trust_remote_code=True)`` loads it. Self-contained (numpy, PIL, torch, transform
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ def _array_to_grey(array: np.ndarray) -> np.ndarray:
 class DevideImageProcessor(ImageProcessingMixin):
     """Chest-radiograph image processor. ``processor(images, return_tensors="pt")["pixel_values"]``: [B, C, S, S]."""
 
-    model_input_names = ["pixel_values"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values"]
 
     def __init__(self, size: int = 224, num_channels: int = 1, image_mean: Sequence[float] | None = None,
                  image_std: Sequence[float] | None = None, resample: str = "bilinear", center_crop: bool = True,
@@ -91,7 +91,7 @@ class DevideImageProcessor(ImageProcessingMixin):
         self.per_image_standardize = bool(per_image_standardize)
 
     @classmethod
-    def from_model_config(cls, config: Any) -> "DevideImageProcessor":
+    def from_model_config(cls, config: Any) -> DevideImageProcessor:
         """The processor matching a DevideConfig's vision tower (size, channels, normalisation)."""
         return cls(size=config.image_size, num_channels=config.num_channels, image_mean=config.image_mean,
                    image_std=config.image_std)

@@ -115,7 +115,7 @@ class TextTower(nn.Module):
                 encoded = encode_fn(list(missing.values()))
             for key, row in zip(missing, encoded):
                 self.cache.put(key, row)
-        rows = [self.cache._store[k] if k in self.cache._store else None for k in keys]
+        rows = [self.cache._store.get(k) for k in keys]
         if any(r is None for r in rows):  # evicted while filling (a batch larger than the cache bound)
             with torch.no_grad():
                 return encode_fn(list(texts)).float().to(device)

@@ -186,7 +186,7 @@ def test_itc_negatives_gathered_across_two_processes():
         global_loss, _ = losses.itc_loss(global_images, texts[:n], torch.tensor(3.0))
         global_loss.backward()
         for rank in range(2):
-            value, grad, logits_shape, world = results[(case, rank)]
+            _, grad, logits_shape, world = results[(case, rank)]
             assert world == 2
             assert logits_shape == (sizes[rank], n)  # negatives from both processes
             if sizes[0] == sizes[1]:

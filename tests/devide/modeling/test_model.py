@@ -20,10 +20,10 @@ KNOWLEDGE = {
 }
 LABELS = torch.tensor([[1, 0, -100, -1], [0, 1, 1, -100], [-100, -100, 0, 1]])
 REPORTS = ["Left basal atelectasis.", "Right effusion and a small nodule.", "Enlarged heart."]
-SMALL = dict(entities=ENTITIES, embed_dim=32, fusion_layers=2, fusion_heads=2, fusion_ffn_dim=64,
-             fusion_dropout=0.0, vision_config=dict(model_type="vit", image_size=32, patch_size=8, num_channels=1,
-                                                    hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
-                                                    intermediate_size=96))
+SMALL = {"entities": ENTITIES, "embed_dim": 32, "fusion_layers": 2, "fusion_heads": 2, "fusion_ffn_dim": 64,
+             "fusion_dropout": 0.0, "vision_config": {"model_type": "vit", "image_size": 32, "patch_size": 8, "num_channels": 1,
+                                                    "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                    "intermediate_size": 96}}
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_bad_inputs_give_clear_errors(model, pixels):
         model(torch.randn(1, 2, 32, 32))
     with pytest.raises(ValueError, match="pixel_values"):
         model(torch.randn(32, 32))
-    with pytest.raises(ValueError, match="list of sentences"):
+    with pytest.raises(TypeError, match="list of sentences"):
         model.set_knowledge({"nodule": "a string"})
     with pytest.raises(ValueError, match="at least one"):
         model.predict(pixels, entities=[], descriptions={})
