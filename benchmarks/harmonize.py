@@ -53,15 +53,16 @@ def _messages(i: int, entity: str = "Pneumothorax") -> list[dict[str, str]]:
                          sources=render_sources(items), max_sentences=2)
 
 
-async def _drive(settings: ChatSettings, n_items: int, cache_dir: Path, contains_reports: bool = False
-                 ) -> tuple[float, list[float], ChatClient]:
+async def _drive(settings: ChatSettings, n_items: int, cache_dir: Path, contains_reports: bool = False,
+                 offset: int = 0) -> tuple[float, list[float], ChatClient]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
     client = ChatClient(settings, AnswerCache(cache_dir / f"c{settings.concurrency}.sqlite"), "bench",
                         answer_schema())
     latencies: list[float] = []
 
     async def one(i: int) -> None:
         start = time.perf_counter()
-        await client.chat(_messages(i), lambda c: parse_answer(c, 1), contains_reports=contains_reports)
+        await client.chat(_messages(i + offset), lambda c: parse_answer(c, 1), contains_reports=contains_reports)
         latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -100,7 +101,13 @@ def bench_local(n_requests: int) -> dict:
             startup = time.perf_counter() - started
             settings = ChatSettings(base_url, LOCAL_MODEL_ALIAS, api_key_env=None, concurrency=1, timeout=120,
                                     max_tokens=256, response_format="json_object")
-            _elapsed, latencies, client = asyncio.run(_drive(settings, n_requests, Path(tmp), contains_reports=True))
+            # one request at a time, so each latency is a request's own time (not time queued behind others)
+            latencies, client = [], None
+            for i in range(n_requests):
+                start = time.perf_counter()
+                _, _, client = asyncio.run(_drive(settings, 1, Path(tmp) / f"r{i}", contains_reports=True,
+                                                  offset=i))
+                latencies.append(time.perf_counter() - start)
     stats = client.stats.as_dict()
     result = {"requests": n_requests, "server_start_s": round(startup, 2),
               "latency_median_s": round(statistics.median(latencies), 3),
@@ -108,7 +115,7 @@ def bench_local(n_requests: int) -> dict:
               "failures": stats["failures"], "completion_tokens": stats["completion_tokens"],
               "prompt_tokens": stats["prompt_tokens"], "models": stats["models"]}
     print(f"local SmolLM2: start {startup:.1f} s, median latency {result['latency_median_s']} s/request "
-          f"(concurrency 1, sequential calls in gather), re-asks {stats['reasks']}")
+          f"(one request at a time), re-asks {stats['reasks']}")
     return result
 
 

@@ -396,7 +396,8 @@ class LocalLlamaServer:
         self.port = free_port()
         self._log_handle = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                        stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)  # noqa: PLW1509 - only calls prctl
         logger.info("started llama.cpp server pid %d on %s (%s)", self.process.pid, self.base_url,
                     self.model_path.name)
         self._wait_ready()
