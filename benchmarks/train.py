@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,7 @@ def bare_images_per_second(texts: list[str]) -> float:
     return STEPS * BATCH / (time.perf_counter() - started)
 
 
-def trainer_images_per_second(folder: Path) -> tuple[float, float]:
+def trainer_images_per_second(folder: Path, name: str) -> tuple[float, float]:
     """(steady-state images/s of the last logging window, images/s over the whole run incl. start-up)."""
     from devide.config import load_config
     from devide.stage import execute_stage
@@ -101,12 +102,12 @@ def trainer_images_per_second(folder: Path) -> tuple[float, float]:
 
     cfg = load_config(TrainConfig, overrides={
         "dataset": str(folder / "prepared"), "knowledge": str(folder / "knowledge.json"),
-        "out": str(folder / "train"), "entities": ENTITIES, "model": MODEL, "batch_size": BATCH,
+        "out": str(folder / name), "entities": ENTITIES, "model": MODEL, "batch_size": BATCH,
         "max_steps": 2 * STEPS, "checkpoint_every": 1000, "workers": WORKERS, "eval_split": None,
         "tensorboard": False, "mixed_precision": "no", "log_every": STEPS,
     })
     execute_stage(STAGE, cfg, quiet=True)
-    summary = json.loads((folder / "train" / "train_summary.json").read_text())
+    summary = json.loads((folder / name / "train_summary.json").read_text())
     # steady state: the last logging window (steps STEPS+1 .. 2*STEPS), past worker start-up and first batch
     return float(summary["final_train"]["train/images_per_second"]), float(summary["images_per_second"])
 
@@ -166,13 +167,21 @@ def main() -> None:
         build_dataset(small, RSS_ROWS)
         build_dataset(large, RSS_ROWS * 10)
         texts = [f"Report {i}: effusion" for i in range(BATCH)]
-        bare = bare_images_per_second(texts)
-        trainer, trainer_whole_run = trainer_images_per_second(small)
+        # interleaved (bare, trainer, bare, trainer, bare) and medians: the shared machine's load drifts
+        bares, trainers = [bare_images_per_second(texts)], []
+        for run in range(2):
+            trainers.append(trainer_images_per_second(small, f"train{run}"))
+            bares.append(bare_images_per_second(texts))
+        bare = statistics.median(bares)
+        trainer = statistics.median(t[0] for t in trainers)
+        trainer_whole_run = statistics.median(t[1] for t in trainers)
         loader = loader_images_per_second(small, batches=2 * STEPS)
         rss_small, rss_large = loader_peak_rss(small), loader_peak_rss(large)
     results["trainer_vs_bare"] = {"trainer_images_per_second": round(trainer, 2),
                                   "trainer_images_per_second_whole_run": round(trainer_whole_run, 2),
                                   "bare_images_per_second": round(bare, 2), "ratio": round(trainer / bare, 3),
+                                  "runs": {"bare": [round(b, 2) for b in bares],
+                                           "trainer": [[round(v, 2) for v in t] for t in trainers]},
                                   "target": ">= 0.9"}
     results["loader_vs_training"] = {"loader_images_per_second": round(loader, 2),
                                      "training_images_per_second": round(trainer, 2),

@@ -379,7 +379,7 @@ def study_labels(frame: pd.DataFrame, cfg: PrepareDataConfig, counts: dict[str, 
         labels = []
         for study, report in zip(frame["study_id"], frame["report"]):
             if study not in cache:
-                cache[study] = labeler(report["report_text"] if report else "")
+                cache[study] = labeler(report["report_text"] if isinstance(report, dict) else "")
             labels.append(cache[study])
         return labeler.entities, labels
     entities, by_study = csv_study_labels(cfg.root, LABEL_FILES[cfg.label_source], vocabulary)
@@ -387,6 +387,11 @@ def study_labels(frame: pd.DataFrame, cfg: PrepareDataConfig, counts: dict[str, 
     missing = set(frame["study_id"]) - set(by_study)
     counts["studies_without_label_row"] = len(missing)  # left join: such a study is "all not mentioned"
     return entities, [by_study.get(int(s), unlabelled) for s in frame["study_id"]]
+
+
+def report_field(reports: Iterable[Any], key: str) -> list[str]:
+    """One section of each image's report ("" where the study has none: None or NaN after pandas)."""
+    return [r[key] if isinstance(r, dict) else "" for r in reports]
 
 
 def write_dataset(frame: pd.DataFrame, entities: list[str], out: Path) -> dict[str, int]:
@@ -411,9 +416,9 @@ def write_dataset(frame: pd.DataFrame, entities: list[str], out: Path) -> dict[s
             "width": part["width"].astype(int).tolist(), "height": part["height"].astype(int).tolist(),
             "study_date": pd.to_numeric(part.get("StudyDate", pd.Series(0, index=part.index)),
                                         errors="coerce").fillna(0).astype(int).tolist(),
-            "findings": [r["findings"] if r else "" for r in part["report"]],
-            "impression": [r["impression"] if r else "" for r in part["report"]],
-            "report_text": [r["report_text"] if r else "" for r in part["report"]],
+            "findings": report_field(part["report"], "findings"),
+            "impression": report_field(part["report"], "impression"),
+            "report_text": report_field(part["report"], "report_text"),
             "labels": [list(map(int, v)) for v in part["labels"]],
         }
         info = datasets.DatasetInfo(description=json.dumps({"entities": entities}), features=features)
@@ -451,7 +456,7 @@ def run(cfg: PrepareDataConfig, ctx: StageContext) -> dict[str, Any]:
 
     frame = attach_reports(frame, Path(cfg.reports_root or root), cfg.workers)
     if cfg.require_report:
-        no_report = frame["report"].isna()
+        no_report = ~frame["report"].map(lambda r: isinstance(r, dict))
         for row in frame[no_report].to_dict("records"):
             rejects.add(f"{MISSING_REPORT}: {report_relpath(row['subject_id'], row['study_id'])} not found",
                         row["image_path"], row)

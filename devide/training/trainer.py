@@ -370,7 +370,8 @@ class Trainer:
         for term in LOSS_TERMS:
             value = getattr(output, term, None)
             if value is not None:
-                self.loss_sums[term] = self.loss_sums[term] + value.detach().float().cpu()
+                # kept on the device: no host sync per micro-batch
+                self.loss_sums[term] = self.loss_sums[term] + value.detach().float()
         self.loss_sums["micro_batches"] = self.loss_sums["micro_batches"] + 1
         if output.logits_per_image is not None:
             self.itc_candidates = max(self.itc_candidates, int(output.logits_per_image.shape[1]))
@@ -380,8 +381,9 @@ class Trainer:
         accelerator = self.accelerator
         count = self.loss_sums.pop("micro_batches", torch.ones(()))
         names = sorted(self.loss_sums)
-        local = torch.stack([self.loss_sums[n] / count for n in names]) if names else torch.zeros(0)
-        mean = accelerator.reduce(local.to(accelerator.device), reduction="mean").cpu()
+        device = accelerator.device
+        local = torch.stack([(self.loss_sums[n] / count).to(device) for n in names]) if names else torch.zeros(0)
+        mean = accelerator.reduce(local.to(device), reduction="mean").cpu()
         self.loss_sums.clear()
         metrics = {f"train/{n}": float(v) for n, v in zip(names, mean)}
         metrics["train/lr"] = float(self.scheduler.get_last_lr()[0])

@@ -151,3 +151,12 @@ def test_cli_bad_root_is_one_line_exit_2(tmp_path):
                           timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "prepare-data: error:" in proc.stderr
+
+
+def test_images_without_report_can_be_kept(tmp_path):
+    fx = build(tmp_path / "root")
+    _, result = run_prepare(tmp_path, fx, require_report=False, splits=["train"])
+    train = datasets.load_from_disk(str(result.out / "dataset"))["train"]
+    row = next(r for r in train if r["study_id"] == 50000020)
+    assert row["report_text"] == "" and row["findings"] == ""
+    assert "missing-report" not in result.manifest["counts"]["rejected"]
