@@ -3,17 +3,19 @@
     .venv/bin/python benchmarks/model.py                      # CPU: tiny (full grid) + ViT-B/16 (few steps)
     .venv/bin/python benchmarks/model.py --device cuda        # GPU: same grid, adds model FLOPs utilisation
 
-Grid, measured side by side in one process: vision tower {tiny, vit-b16} (from-scratch configs, no download)
-x text tower {frozen with the sentence cache, unfrozen} x precision {fp32, bf16 autocast}. The text tower is the
-shipped all-MiniLM-L6-v2; every step carries all four losses, E entities with S knowledge sentences each, and
-one report per image. "frozen" is the steady state: knowledge and the report pool are already in the cache
-(a second epoch); "frozen_cold" (tiny, fp32 only) draws unseen report texts every step (a first epoch: only the
-knowledge is cached). Peak memory: CPU = the process's peak RSS during the run (VmHWM, reset before each run),
-CUDA = torch.cuda.max_memory_allocated. FLOPs per step come from torch.utils.flop_counter (matmuls,
-convolutions, attention) on the first, untimed step; MFU = achieved FLOP/s / the device's peak (dense bf16 for
-bf16 runs, TF32 for fp32 runs on CUDA; --peak-tflops overrides). Writes benchmarks/results/model.json
-(model_cuda.json for --device cuda), rewritten after every run so a cut-short benchmark keeps its rows; the
-CPU load average is recorded because shared machines distort absolute figures (compare ratios).
+Grid: vision tower {tiny, vit-b16} (from-scratch configs, no download) x text tower {frozen with the sentence
+cache, unfrozen} x precision {fp32, bf16 autocast}. The text tower is the shipped all-MiniLM-L6-v2; every step
+carries all four losses, E entities with S knowledge sentences each, and one report per image. "frozen" is the
+steady state: knowledge and the report pool are already cached (a second epoch); "frozen_cold" (tiny, fp32)
+draws unseen report texts every step (a first epoch: only the knowledge is cached). The runs of one vision
+tower are measured side by side, interleaved step by step (round robin), so load changes on a shared machine
+hit every run alike; compare ratios, not absolute figures. Memory: step_memory_mb = peak during a step minus
+what was in use before it (CPU: VmHWM - VmRSS; CUDA: max_memory_allocated - memory_allocated);
+peak_memory_mb includes every model of the group, which stay resident. FLOPs per step come from
+torch.utils.flop_counter (matmuls, convolutions, attention) on the first, untimed step; MFU = achieved FLOP/s /
+the device's peak (dense bf16 for bf16 runs, TF32 for fp32 runs on CUDA; --peak-tflops overrides). Writes
+benchmarks/results/model.json (model_cuda.json for --device cuda) after each vision tower, with the CPU load
+average at that moment.
 """
 
 from __future__ import annotations
@@ -62,23 +64,30 @@ def make_batch(batch_size: int, entities: int, model: DevideModel, rng: random.R
     return {"pixel_values": pixels, "labels": labels, "report_texts": texts}
 
 
-def peak_memory_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
-    except OSError:
-        pass
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def _proc_status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def memory_mark(device: torch.device) -> float:
+    """Reset the peak counter and return the memory in use now (MB)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+    return _proc_status_mb("VmRSS")
+
+
+def memory_peak(device: torch.device) -> float:
+    """Peak memory (MB) since the last ``memory_mark``."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _proc_status_mb("VmHWM")
 
 
 def train_step(model, optimizer, batch, precision: str, device: torch.device) -> None:
@@ -96,34 +105,71 @@ def step_flops(model, optimizer, batch, precision: str, device: torch.device) ->
     return counter.get_total_flops()
 
 
-def measure(model: DevideModel, precision: str, batch_size: int, steps: int, warmup: int, cold: bool,
-            device: torch.device, entities: int) -> dict:
-    rng = random.Random(1)
-    reports = [sentence(rng, 40) for _ in range(256)]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    model.train()
-    with torch.no_grad():  # knowledge in the cache (frozen: encoded once, before training); no effect unfrozen
-        packed = model._training_knowledge()
-        model.encode_text(packed.names + packed.sentences)
-        if not cold:  # steady state: every report already seen (a second epoch)
-            model.encode_text(reports)
-    warmup = max(1, warmup)
-    batches = [make_batch(batch_size, entities, model, rng, reports, cold, device) for _ in range(warmup + steps)]
-    flops = step_flops(model, optimizer, batches[0], precision, device)  # the first warmup step, counted
-    for batch in batches[1:warmup]:
-        train_step(model, optimizer, batch, precision, device)
-    peak_memory_reset(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for batch in batches[warmup:]:
-        train_step(model, optimizer, batch, precision, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"images_per_s": steps * batch_size / seconds, "step_s": seconds / steps,
-                "peak_memory_mb": round(peak_memory_mb(device), 1), "gflops_per_step": flops / 1e9,
-                "achieved_tflops": flops * steps / seconds / 1e12}
+class Run:
+    """One (vision, text, precision) configuration: its model, optimizer, batches and step measurements."""
+
+    def __init__(self, vision: str, text: str, precision: str, model: DevideModel, optimizer, batch_size: int,
+                 steps: tuple[int, int], entities: int, device: torch.device) -> None:
+        self.vision, self.text, self.precision = vision, text, precision
+        self.model, self.optimizer, self.batch_size, self.device = model, optimizer, batch_size, device
+        rng = random.Random(hash((text, precision)) % 1000)
+        cold = text == "frozen_cold"
+        self.warmup, timed = max(1, steps[0]), steps[1]
+        self.batches = [make_batch(batch_size, entities, model, rng, model.benchmark_reports, cold, device)
+                        for _ in range(self.warmup + timed)]
+        self.seconds: list[float] = []
+        self.peak_mb, self.step_mb = 0.0, 0.0
+        self.flops = 0
+
+    def warm_up(self) -> None:
+        """Untimed steps; the first one is FLOP-counted."""
+        self.model.train()
+        self.flops = step_flops(self.model, self.optimizer, self.batches[0], self.precision, self.device)
+        for batch in self.batches[1:self.warmup]:
+            train_step(self.model, self.optimizer, batch, self.precision, self.device)
+
+    def timed_step(self, index: int) -> None:
+        self.model.train()
+        before = memory_mark(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        train_step(self.model, self.optimizer, self.batches[self.warmup + index], self.precision, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds.append(time.perf_counter() - start)
+        peak = memory_peak(self.device)
+        self.peak_mb, self.step_mb = max(self.peak_mb, peak), max(self.step_mb, peak - before)
+
+    def row(self, peak_tflops: float | None) -> dict:
+        seconds = sum(self.seconds)
+        achieved = self.flops * len(self.seconds) / seconds / 1e12
+        return {"vision": self.vision, "text": self.text, "precision": self.precision,
+                "batch_size": self.batch_size, "steps": len(self.seconds),
+                "images_per_s": len(self.seconds) * self.batch_size / seconds, "step_s": seconds / len(self.seconds),
+                "peak_memory_mb": round(self.peak_mb, 1), "step_memory_mb": round(self.step_mb, 1),
+                "gflops_per_step": self.flops / 1e9, "achieved_tflops": achieved,
+                "mfu": achieved / peak_tflops if peak_tflops else None}
+
+
+def build_runs(vision: str, text_modes: list[str], batch_size: int, steps: tuple[int, int],
+               args: argparse.Namespace, device: torch.device) -> list[Run]:
+    """A model per text mode (fp32 and bf16 runs share it and its optimizer), with the cache pre-filled:
+    knowledge always (encoded once before training), the report pool except for ``frozen_cold``."""
+    runs = []
+    for text in text_modes:
+        model = make_model(vision, text != "unfrozen", args.entities, args.sentences).to(device)
+        model.benchmark_reports = [sentence(random.Random(i), 40) for i in range(256)]
+        with torch.no_grad():
+            packed = model._training_knowledge()
+            model.encode_text(packed.names + packed.sentences)
+            if text != "frozen_cold":
+                model.encode_text(model.benchmark_reports)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        precisions = ("fp32",) if text == "frozen_cold" else ("fp32", "bf16")
+        runs += [Run(vision, text, precision, model, optimizer, batch_size, steps, args.entities, device)
+                 for precision in precisions]
+    return runs
 
 
 def device_peak_tflops(device: torch.device, precision: str, override: float | None) -> float | None:
@@ -139,32 +185,28 @@ def device_peak_tflops(device: torch.device, precision: str, override: float | N
 
 
 def run_grid(args: argparse.Namespace, device: torch.device, save) -> list[dict]:
-    """Every (vision, text, precision) run; ``save(rows)`` after each, so a cut-short run keeps its rows."""
-    rows = []
-    plan = [("tiny", args.batch_size, args.steps, args.warmup)]
+    """Per vision tower, every (text, precision) run, interleaved step by step (round robin) so that load
+    changes on a shared machine hit every run alike; ``save(rows)`` after each tower."""
+    rows: list[dict] = []
+    plan = [("tiny", args.batch_size, ["frozen", "unfrozen", "frozen_cold"], (args.warmup, args.steps))]
     if not args.skip_vit_b:
-        plan.append(("vit-b16", args.vit_b_batch_size, args.vit_b_steps, 1))
-    for vision, batch_size, steps, warmup in plan:
-        for text_mode in ("frozen", "unfrozen", "frozen_cold"):
-            if vision != "tiny" and text_mode not in args.vit_b_text:
-                continue
-            model = make_model(vision, text_mode != "unfrozen", args.entities, args.sentences).to(device)
-            for precision in ("fp32", "bf16"):
-                if text_mode == "frozen_cold" and precision == "bf16":
-                    continue
-                result = measure(model, precision, batch_size, steps, warmup, text_mode == "frozen_cold", device,
-                                 args.entities)
-                peak = device_peak_tflops(device, precision, args.peak_tflops)
-                result["mfu"] = result["achieved_tflops"] / peak if peak else None
-                row = dict(vision=vision, text=text_mode, precision=precision, batch_size=batch_size, steps=steps,
-                           **result)
-                print(f"{vision:8s} {text_mode:12s} {precision:5s} B={batch_size:<3d} "
-                      f"{row['images_per_s']:8.2f} img/s  {row['step_s']:7.3f} s/step  "
-                      f"{row['peak_memory_mb']:8.0f} MB  {row['gflops_per_step']:9.1f} GFLOP/step"
-                      + (f"  MFU {row['mfu']:.3f}" if row["mfu"] is not None else ""), flush=True)
-                rows.append(row)
-                save(rows)
-            del model
+        plan.append(("vit-b16", args.vit_b_batch_size, args.vit_b_text, (1, args.vit_b_steps)))
+    for vision, batch_size, text_modes, steps in plan:
+        runs = build_runs(vision, text_modes, batch_size, steps, args, device)
+        for run in runs:
+            run.warm_up()
+        for index in range(steps[1]):
+            for run in runs:
+                run.timed_step(index)
+        for run in runs:
+            row = run.row(device_peak_tflops(device, run.precision, args.peak_tflops))
+            print(f"{vision:8s} {run.text:12s} {run.precision:5s} B={batch_size:<3d} "
+                  f"{row['images_per_s']:8.2f} img/s  {row['step_s']:7.3f} s/step  "
+                  f"{row['step_memory_mb']:7.0f} MB/step  {row['gflops_per_step']:8.1f} GFLOP/step"
+                  + (f"  MFU {row['mfu']:.3f}" if row["mfu"] is not None else ""), flush=True)
+            rows.append(row)
+        save(rows)
+        del runs
     return rows
 
 
@@ -197,21 +239,22 @@ def main() -> None:
     parser.add_argument("--vit-b-batch-size", type=int, default=None, help="ViT-B batch (default 4 CPU, 64 CUDA)")
     parser.add_argument("--vit-b-steps", type=int, default=None, help="ViT-B timed steps (default 2 CPU, 10 CUDA)")
     parser.add_argument("--skip-vit-b", action="store_true", help="only the tiny tower")
-    parser.add_argument("--vit-b-text", default="frozen,unfrozen",
-                        help="text modes for ViT-B, comma-separated (default frozen,unfrozen)")
+    parser.add_argument("--vit-b-text", default=None,
+                        help="text modes for ViT-B, comma-separated (default frozen on CPU, frozen,unfrozen on CUDA)")
     parser.add_argument("--entities", type=int, default=21, help="entities per step (default 21)")
     parser.add_argument("--sentences", type=int, default=8, help="knowledge sentences per entity (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/model*.json)")
     args = parser.parse_args()
-    args.vit_b_text = [mode.strip() for mode in args.vit_b_text.split(",") if mode.strip()]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
     cuda = device.type == "cuda"
     args.vit_b_batch_size = args.vit_b_batch_size or (64 if cuda else 4)
     args.vit_b_steps = args.vit_b_steps or (10 if cuda else 2)
+    text_modes = args.vit_b_text or ("frozen,unfrozen" if cuda else "frozen")
+    args.vit_b_text = [mode.strip() for mode in text_modes.split(",") if mode.strip()]
     if cuda:
         args.batch_size, args.steps = max(args.batch_size, 64), max(args.steps, 10)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -223,8 +266,8 @@ def main() -> None:
 
     def save(rows: list[dict]) -> dict:
         report = {"benchmark": "model", "device": device_name, "torch": torch.__version__, "threads": args.threads,
-                      "cpu_load_average": list(os.getloadavg()), "entities": args.entities,
-                      "sentences_per_entity": args.sentences, "results": rows, "ratios": ratios(rows)}
+                  "cpu_load_average": list(os.getloadavg()), "entities": args.entities,
+                  "sentences_per_entity": args.sentences, "results": rows, "ratios": ratios(rows)}
         out.write_text(json.dumps(report, indent=2) + "\n")
         return report
 
