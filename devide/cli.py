@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     "evaluate": "zero-shot evaluation on external datasets, with grounding and subgroup metrics",
     "push": "push a trained model with its model card to the Hugging Face Hub (or --dry-run into a folder)",
     "finetune": "fine-tune the image tower for classification or segmentation with 1/10/100 % of the labels",
+    "report": "gather a pipeline's zero-shot and fine-tuning results into one report",
     "run": "run a pipeline YAML (e.g. pipelines/demo.yaml), skipping stages whose inputs and config are unchanged",
 }
 
@@ -102,6 +103,8 @@ def _flag_for(name: str, annotation: Any) -> dict[str, Any] | None:
     """argparse keyword arguments for a config field, or None when it is only settable via --set."""
     kind = _unwrap_optional(annotation)
     origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # e.g. Path | bool: pass the text, pydantic decides
+        return {"default": argparse.SUPPRESS, "metavar": name.upper()}
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction, "default": argparse.SUPPRESS}
     if origin in (list, tuple):

@@ -73,7 +73,8 @@ class PushConfig(StageConfig):
     repo_id: str | None = Field(None, description="Hub repository, ORG/NAME (required unless --dry-run)")
     private: bool = Field(False, description="create the repository as private")
     revision: str | None = Field(None, description="branch to push to (created if missing)")
-    dry_run: Path | None = Field(None, description="write the folder that would be uploaded here; upload nothing")
+    dry_run: Path | bool | None = Field(
+        None, description="write the folder that would be uploaded here (true: into `out`); upload nothing")
     eval_results: list[Path] = Field(default_factory=list, description="`devide evaluate` artifact folders")
     knowledge: Path | None = Field(None, description="`devide harmonize` artifact (knowledge snapshot, licences)")
     training: Path | None = Field(None, description="`devide train` artifact (provenance for the card)")
@@ -84,8 +85,14 @@ class PushConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check(self) -> PushConfig:
+        if self.dry_run is False:
+            object.__setattr__(self, "dry_run", None)
         if self.dry_run is None and not self.repo_id:
             raise ValueError("repo_id is required unless dry_run is set")
+        if self.dry_run is True:
+            if self.out is None:
+                raise ValueError("dry_run: true needs 'out' (or give the dry-run folder as dry_run)")
+            object.__setattr__(self, "dry_run", self.out)
         if self.repo_id is not None and self.repo_id.count("/") != 1:
             raise ValueError(f"repo_id must look like ORG/NAME, got {self.repo_id!r}")
         if self.out is None:  # the staged upload folder is the stage's artifact
@@ -180,37 +187,31 @@ def collect_eval_results(folders: list[Path]) -> list[dict[str, Any]]:
     return results
 
 
-def _per_class_auc(result: dict[str, Any]) -> list[tuple[str, float, float | None, float | None]]:
-    rows = []
-    for name, entry in sorted((result.get("per_class") or {}).items()):
-        auc = entry.get("auc") if isinstance(entry, dict) else None
-        if isinstance(auc, dict):
-            rows.append((name, auc.get("value"), auc.get("ci_low"), auc.get("ci_high")))
-        elif isinstance(auc, (int, float)):
-            rows.append((name, float(auc), entry.get("auc_ci_low"), entry.get("auc_ci_high")))
-    return rows
+def _macro_auc(result: dict[str, Any], group: str = "all") -> tuple[float | None, float | None, float | None]:
+    """(AUC, CI low, CI high) of a class group ("all", "seen", "unseen") from `devide evaluate`'s results.json."""
+    macro = ((result.get("metrics") or {}).get("macro") or {}).get(group) or {}
+    value, ci = macro.get("auc"), macro.get("auc_ci") or (None, None)
+    return (float(value) if value is not None else None), ci[0], ci[1]
 
 
-def _macro_auc(result: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
-    macro = result.get("macro_auc")
-    if isinstance(macro, dict):
-        return macro.get("value"), macro.get("ci_low"), macro.get("ci_high")
-    if isinstance(macro, (int, float)):
-        return float(macro), None, None
-    return None, None, None
+def _n_classes(result: dict[str, Any]) -> int:
+    return len((result.get("metrics") or {}).get("classes") or [])
 
 
 def eval_table(results: list[dict[str, Any]]) -> str:
     if not results:
         return "No evaluation results were attached to this push."
-    lines = ["| dataset | split | protocol | macro AUC (95% CI) | classes |", "|---|---|---|---|---|"]
+    lines = ["| dataset | split | images | macro AUC, all (95% CI) | seen | unseen | classes |",
+             "|---|---|---|---|---|---|---|"]
     for result in results:
-        value, low, high = _macro_auc(result)
-        ci = f" ({low:.3f}–{high:.3f})" if low is not None and high is not None else ""
-        shown = f"{value:.3f}{ci}" if value is not None else "n/a"
-        lines.append(f"| {result['dataset']} | {result.get('split', 'test')} | "
-                     f"{result.get('protocol', 'zero-shot AUC (threshold-free)')} | {shown} | "
-                     f"{len(result.get('per_class') or {})} |")
+        cells = []
+        for group in ("all", "seen", "unseen"):
+            value, low, high = _macro_auc(result, group)
+            ci = f" ({low:.3f}–{high:.3f})" if group == "all" and low is not None and high is not None else ""
+            cells.append(f"{value:.3f}{ci}" if value is not None else "–")
+        images = (result.get("counts") or {}).get("evaluated", "?")
+        lines.append(f"| {result['dataset']} | {result.get('split', 'test')} | {images} | {' | '.join(cells)} | "
+                     f"{_n_classes(result)} |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
+from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,20 @@ class Stage:
 
     name: str
     config_cls: type[StageConfig]
-    run: RunFn
+    run: RunFn | str
+    """The run function, or ``"module:function"`` imported only when the stage runs: planning and skipping a
+    pipeline then imports configs only (torch, sklearn, matplotlib stay unloaded on an up-to-date rerun)."""
     help: str = ""
     input_fields: tuple[str, ...] = ()
     """Config fields holding input paths (files or folders); their content fingerprints enter the manifest."""
     volatile_fields: tuple[str, ...] = ()
     """Config fields that do not change the result (e.g. worker count): excluded from the config hash."""
+
+    def run_function(self) -> RunFn:
+        if not isinstance(self.run, str):
+            return self.run
+        module_name, _, attr = self.run.partition(":")
+        return getattr(import_module(module_name), attr)
 
     def input_paths(self, cfg: StageConfig) -> dict[str, list[Path]]:
         paths: dict[str, list[Path]] = {}
@@ -260,7 +268,7 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
     with stage_log_file(partial / STAGE_LOG):
         ctx.logger.info("stage %s started -> %s", stage.name, out)
         try:
-            counts = stage.run(cfg, ctx) or {}
+            counts = stage.run_function()(cfg, ctx) or {}
         except BaseException as exc:
             manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                             seconds=round(time.perf_counter() - started, 3))

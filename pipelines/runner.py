@@ -38,7 +38,7 @@ class StageSpec(BaseModel):
 
     uses: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[str, str] = Field(default_factory=dict)
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)
     out: str | None = None
 
 
@@ -87,6 +87,14 @@ def _resolve_stage(name: str, spec: StageSpec, registry: Mapping[str, Stage] | N
     return plugin
 
 
+def _artifact_path(stage: str, key: str, ref: str, outs: dict[str, Path]) -> str:
+    """``"phantom/mimic-cxr-jpg"`` -> the phantom stage's artifact folder / mimic-cxr-jpg."""
+    source, _, subpath = ref.partition("/")
+    if source not in outs:
+        raise ConfigError(f"stage '{stage}': input '{key}' refers to '{source}', which is not an earlier stage")
+    return str(outs[source] / subpath) if subpath else str(outs[source])
+
+
 def plan(spec: PipelineSpec, registry: Mapping[str, Stage] | None = None) -> list[PlannedStage]:
     """Validate every stage's config up front, so a typo in the last stage fails before the first runs."""
     workdir = Path(spec.workdir)
@@ -96,10 +104,9 @@ def plan(spec: PipelineSpec, registry: Mapping[str, Stage] | None = None) -> lis
         stage = _resolve_stage(name, stage_spec, registry)
         data = dict(stage_spec.config)
         for key, ref in stage_spec.inputs.items():
-            source, _, subpath = ref.partition("/")
-            if source not in outs:
-                raise ConfigError(f"stage '{name}': input '{key}' refers to '{source}', which is not an earlier stage")
-            data[key] = str(outs[source] / subpath) if subpath else str(outs[source])
+            refs = [ref] if isinstance(ref, str) else ref
+            paths = [_artifact_path(name, key, r, outs) for r in refs]
+            data[key] = paths[0] if isinstance(ref, str) else paths
         data["out"] = stage_spec.out or str(workdir / name)
         try:
             cfg = build_config(stage.config_cls, data)
@@ -173,11 +180,12 @@ class RunCommand:
         for name, result in report.results.items():
             print(f"{name:16s} {result.status:9s} {result.out}")
         print(f"pipeline finished in {report.seconds:.1f} s")
-        # Stages may leave a human summary (e.g. evaluate's zero-shot table); show it even when skipped.
-        for result in report.results.values():
-            summary = Path(result.out) / "summary.txt"
-            if summary.is_file():
-                print(summary.read_text(encoding="utf-8").rstrip())
+        # A stage may leave a human summary (evaluate's zero-shot table, the demo report); end on the last one,
+        # also when its stage was skipped as up to date.
+        summaries = [Path(r.out) / "summary.txt" for r in report.results.values()]
+        last = next((s for s in reversed(summaries) if s.is_file()), None)
+        if last is not None:
+            print(last.read_text(encoding="utf-8").rstrip())
         return 0
 
 

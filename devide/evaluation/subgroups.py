@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from devide.evaluation.config import DEFAULT_AGE_BANDS
 from devide.evaluation.metrics import roc_auc, valid_mask
-
-DEFAULT_AGE_BANDS = (0, 20, 40, 60, 80)
 
 
 def age_band(age: float | None, edges: Sequence[float] = DEFAULT_AGE_BANDS) -> str | None:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from devide.config import StageConfig
 from devide.data.adapters import AdapterError, get_adapter
+from devide.stage import Stage
 
 Init = Literal["pretrained", "random"]
 Mode = Literal["probe", "full"]
@@ -125,3 +126,13 @@ class FinetuneConfig(StageConfig):
 
 VOLATILE_FIELDS = ("workers", "resume", "log_every", "tensorboard", "eval_every", "eval_batch_size")
 """Fields that do not change the result: changing them keeps the partial work folder (and resumes)."""
+
+
+STAGE = Stage(
+    name="finetune",
+    config_cls=FinetuneConfig,
+    run="devide.finetune.stage:run",
+    help="fine-tune the image tower for classification or segmentation with 1/10/100 % of the labels",
+    input_fields=("model", "root", "selection"),
+    volatile_fields=VOLATILE_FIELDS,
+)

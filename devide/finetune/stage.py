@@ -30,14 +30,14 @@ from devide.data.adapters.base import EvalRecord, EvalSet, Rejection
 from devide.evaluation.report import write_rejections
 from devide.evaluation.stage import find_model_dir, load_model
 from devide.evaluation.zero_shot import cap_records
-from devide.finetune.config import VOLATILE_FIELDS, FinetuneConfig
+from devide.finetune.config import STAGE, FinetuneConfig  # noqa: F401  (STAGE re-exported)
 from devide.finetune.data import readable
 from devide.finetune.evaluate import classification_metrics, segmentation_metrics
 from devide.finetune.report import comparisons, headline, markdown, summary_text
 from devide.finetune.selection import MANIFEST, Selection, load_selection, save_selection, select_fraction
 from devide.finetune.splits import FinetuneSplits, load_splits
 from devide.finetune.trainer import FinetuneTrainer, Prepared, Variant, variant_dir
-from devide.stage import Stage, StageContext, StageError, is_main_process, write_json_atomic
+from devide.stage import StageContext, StageError, is_main_process, write_json_atomic
 from devide.training.trainer import flat_hparams
 
 METRICS = "metrics.json"
@@ -184,13 +184,3 @@ def run(cfg: FinetuneConfig, ctx: StageContext) -> dict[str, Any]:
             "test_images": len(data.test), "rejected": len(rejections), "classes": len(data.classes),
             **{f"{name}:{key}": value for name, row in rows.items() for key, value in row.items()
                if key in ("auc", "dice_positive", "dice_all") and value is not None}}
-
-
-STAGE = Stage(
-    name="finetune",
-    config_cls=FinetuneConfig,
-    run=run,
-    help="fine-tune the image tower for classification or segmentation with 1/10/100 % of the labels",
-    input_fields=("model", "root", "selection"),
-    volatile_fields=VOLATILE_FIELDS,
-)

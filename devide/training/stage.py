@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from devide.stage import Stage
 from devide.training.config import VOLATILE_FIELDS, TrainConfig
-from devide.training.trainer import run
 
 STAGE = Stage(
     name="train",
     config_cls=TrainConfig,
-    run=run,
+    run="devide.training.trainer:run",
     help="pretrain the DeViDe model with Accelerate (use `accelerate launch -m devide train` for many GPUs)",
     input_fields=("dataset", "knowledge", "vocabulary", "init_from"),
     volatile_fields=VOLATILE_FIELDS,

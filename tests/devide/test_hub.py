@@ -49,9 +49,12 @@ def eval_dir(tmp_path) -> Path:
     folder = tmp_path / "eval-chestxray14"
     folder.mkdir()
     (folder / "results.json").write_text(json.dumps({
-        "dataset": "chestxray14", "split": "test",
-        "macro_auc": {"value": 0.8123, "ci_low": 0.79, "ci_high": 0.83},
-        "per_class": {"pneumothorax": {"auc": {"value": 0.9, "ci_low": 0.85, "ci_high": 0.94}}},
+        "dataset": "chestxray14", "split": "test", "counts": {"evaluated": 42},
+        "metrics": {
+            "classes": [{"class": "Pneumothorax", "auc": 0.9, "auc_ci": [0.85, 0.94]}],
+            "macro": {"all": {"auc": 0.8123, "auc_ci": [0.79, 0.83]}, "seen": {"auc": 0.85, "auc_ci": [0.8, 0.9]},
+                      "unseen": {"auc": 0.7, "auc_ci": [0.6, 0.8]}},
+        },
     }))
     return folder
 
@@ -109,7 +112,7 @@ def test_card_metadata_parses_and_carries_results(model_dir, eval_dir, tmp_path)
     assert data.eval_results[0].dataset_name == "chestxray14"
     assert "Not for clinical use" in card.text and "2404.03618" in card.text
     assert 'AutoModel.from_pretrained("org/devide-demo", trust_remote_code=True)' in card.text
-    assert "0.812 (0.790–0.830)" in card.text
+    assert "| chestxray14 | test | 42 | 0.812 (0.790–0.830) | 0.850 | 0.700 | 1 |" in card.text
 
 
 def test_token_never_written_anywhere(model_dir, eval_dir, tmp_path):
