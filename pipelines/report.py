@@ -71,7 +71,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
-    render = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))  # noqa: E731
+
+    def render(row: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+
     return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, rows)])
 
 
@@ -97,9 +100,8 @@ def render_report(cfg: ReportConfig, final_dir: Path) -> tuple[str, str]:
         body = results_md.read_text(encoding="utf-8").replace("\n# ", "\n### ").lstrip("# ")
         parts += ["", f"## Fine-tuning: {folder.name}", "", "### " + body]
     if cfg.push is not None:
-        parts += ["", "## Hub", "", f"Upload folder (model card, weights, configs): "
-                  f"`{cfg.push / 'upload'}` — load it with "
-                  f"`AutoModel.from_pretrained(path, trust_remote_code=True)`."]
+        parts += ["", "## Hub", "", (f"Upload folder (model card, weights, configs): `{cfg.push / 'upload'}` — "
+                                     "load it with `AutoModel.from_pretrained(path, trust_remote_code=True)`.")]
     report_path = final_dir / "report.md"
     summary = "\n".join([
         "zero-shot detection (AUC [95% CI]; unseen = never named in pretraining reports)",

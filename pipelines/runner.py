@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devide.cli import NotBuiltError, load_command
 from devide.config import ConfigError, build_config, format_validation_error, read_yaml
-from devide.stage import Stage, StageResult, execute_stage, is_up_to_date
+from devide.stage import Stage, StageError, StageResult, execute_stage, is_up_to_date, read_manifest
 
 logger = logging.getLogger("devide.pipeline")
 
@@ -40,6 +42,9 @@ class StageSpec(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, str | list[str]] = Field(default_factory=dict)
     out: str | None = None
+    launch: list[str] | None = None
+    """Run the stage in a child process through this launcher, e.g. ``[accelerate, launch, --config_file,
+    accelerate_config.yaml]`` for multi-GPU training; the child runs ``-m devide STAGE --config FILE``."""
 
 
 class PipelineSpec(BaseModel):
@@ -56,6 +61,9 @@ class PlannedStage:
     name: str
     stage: Stage
     cfg: Any
+    data: dict[str, Any] = field(default_factory=dict)
+    """The config as written (``${env:...}`` unresolved), handed to a launched child process."""
+    launch: list[str] | None = None
 
 
 @dataclass
@@ -113,7 +121,7 @@ def plan(spec: PipelineSpec, registry: Mapping[str, Stage] | None = None) -> lis
         except ConfigError as exc:
             raise ConfigError(f"stage '{name}': {exc}") from None
         outs[name] = Path(data["out"])
-        planned.append(PlannedStage(name, stage, cfg))
+        planned.append(PlannedStage(name, stage, cfg, data, stage_spec.launch))
     return planned
 
 
@@ -125,6 +133,26 @@ def select(planned: list[PlannedStage], start: str | None, until: str | None) ->
     first = names.index(start) if start else 0
     last = names.index(until) if until else len(names) - 1
     return planned[first : last + 1]
+
+
+def launch_stage(item: PlannedStage, *, force: bool, quiet: bool) -> StageResult:
+    """Run one stage in a child process through its launcher (e.g. ``accelerate launch``)."""
+    out = Path(item.cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config_file = out.parent / f".{item.name}.launch.yaml"
+    config_file.write_text(yaml.safe_dump(item.data, sort_keys=False), encoding="utf-8")
+    command = [*item.launch, "-m", "devide", *(["--quiet"] if quiet else []), item.stage.name,
+               "--config", str(config_file), *(["--force"] if force else [])]
+    logger.info("[%s] launching: %s", item.name, " ".join(command))
+    try:
+        completed = subprocess.run(command, check=False)
+    finally:
+        config_file.unlink(missing_ok=True)
+    manifest = read_manifest(out)
+    if completed.returncode != 0 or not manifest or manifest.get("status") != "complete":
+        raise StageError(f"stage '{item.name}' failed under {item.launch[0]} (exit {completed.returncode}); "
+                         f"see {out}.partial/stage.log")
+    return StageResult("complete", out, manifest)
 
 
 def run_pipeline(
@@ -150,7 +178,10 @@ def run_pipeline(
             logger.info("[%s] up to date, skipped", item.name)
         else:
             logger.info("[%s] running (%s)", item.name, item.stage.name)
-        report.results[item.name] = execute_stage(item.stage, item.cfg, force=rerun, quiet=quiet)
+        if item.launch and (rerun or not is_up_to_date(item.stage, item.cfg)):
+            report.results[item.name] = launch_stage(item, force=rerun, quiet=quiet)
+        else:
+            report.results[item.name] = execute_stage(item.stage, item.cfg, force=rerun, quiet=quiet)
     report.seconds = time.perf_counter() - began
     return report
 

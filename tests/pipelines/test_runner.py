@@ -226,3 +226,29 @@ def test_secrets_never_written(tmp_path):
     assert "sk-secret-value" not in written
     assert yaml.safe_load((folder / RESOLVED_CONFIG).read_text())["api_key"] == "***REDACTED***"
     assert json.loads((folder / MANIFEST).read_text())["counts"] == {"values": 1}
+
+
+def test_list_inputs_and_a_launched_stage_in_a_child_process(tmp_path):
+    """`launch:` runs the (real, light) push stage as `LAUNCHER -m devide push --config ...` in a child."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "devide"}')
+    (model / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    evals = []
+    for name in ("ev1", "ev2"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"dataset": name, "metrics": {
+            "classes": [], "macro": {"all": {"auc": 0.75, "auc_ci": [0.7, 0.8]}}}}))
+        evals.append(str(folder))
+    spec = {"workdir": str(tmp_path / "art"), "stages": {"push": {
+        "launch": [sys.executable], "config": {"model": str(model), "dry_run": True, "eval_results": evals}}}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    report = run_pipeline(path, quiet=True)
+    assert statuses(report) == {"push": "complete"}
+    upload = tmp_path / "art" / "push" / "upload"
+    assert sorted(p.name for p in (upload / "eval").iterdir()) == ["ev1.json", "ev2.json"]
+    assert "| ev1 | test | ? | 0.750 (0.700–0.800)" in (upload / "README.md").read_text()
+    assert not list((tmp_path / "art").glob(".*.launch.yaml"))
+    assert statuses(run_pipeline(path, quiet=True)) == {"push": "skipped"}
