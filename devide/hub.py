@@ -253,8 +253,8 @@ def render_card(cfg: PushConfig, model_config: dict[str, Any], results: list[dic
     from huggingface_hub import ModelCard, ModelCardData
 
     repo = cfg.repo_id or "ORG/NAME"
-    base_models = [m for m in (model_config.get("vision_model_name"), model_config.get("text_model_name"))
-                   if isinstance(m, str) and m.count("/") == 1 and not Path(m).exists()]
+    towers = (model_config.get("vision_model_name_or_path"), model_config.get("text_model_name_or_path"))
+    base_models = [m for m in towers if isinstance(m, str) and m.count("/") == 1 and not Path(m).exists()]
     data = ModelCardData(
         license=cfg.license, library_name="transformers", pipeline_tag="zero-shot-image-classification",
         tags=CARD_TAGS, base_model=base_models or None, model_name=repo.split("/")[-1],

@@ -35,7 +35,8 @@ def model_dir(tmp_path) -> Path:
     save_file({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({
         "model_type": "devide", "entities": ["pneumothorax", "pleural_effusion"],
-        "vision_model_name": "google/vit-base-patch16-224", "text_model_name": "/local/minilm", "hidden": 8}))
+        "vision_model_name_or_path": "google/vit-base-patch16-224", "text_model_name_or_path": "/local/minilm",
+        "hidden": 8}))
     (folder / "preprocessor_config.json").write_text("{}")
     (folder / "tokenizer.json").write_text("{}")
     (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
