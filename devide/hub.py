@@ -29,12 +29,13 @@ logger = logging.getLogger("devide.push")
 
 UPLOAD_DIR = "upload"
 # Files that may be pushed: weights (safetensors only), configs, processor and tokenizer files, the model's
-# own remote code (needed by AutoModel.from_pretrained(..., trust_remote_code=True)) and the knowledge snapshot.
+# own remote code that save_pretrained copies beside it (top-level *.py, needed by
+# AutoModel.from_pretrained(..., trust_remote_code=True)) and the knowledge snapshot.
 ALLOWED = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
     "preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "vocab.txt", "added_tokens.json", "sentencepiece.bpe.model",
-    "configuration_*.py", "modeling_*.py", "processing_*.py", "image_processing_*.py", "knowledge.json",
+    "*.py", "knowledge.json",
 )
 # Why a file is refused, first match wins; anything neither allowed nor listed here is refused as "unexpected".
 REFUSED = (

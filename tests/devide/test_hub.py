@@ -174,3 +174,35 @@ def test_cli_dry_run_and_refusal_exit_codes(model_dir, tmp_path, capsys):
     assert cli.main(["push", "--model", str(model_dir), "--dry-run", str(tmp_path / "d2")]) == 2
     err = capsys.readouterr().err
     assert "optimizer.bin (optimizer state)" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_round_trip_from_the_dry_run_folder_reproduces_predictions(tmp_path):
+    """A real (tiny) DeViDe model: save_pretrained -> push dry run -> the card's own usage snippet, run as
+    written against the upload folder, and AutoModel(trust_remote_code) predictions equal the original's."""
+    from transformers import AutoModel
+
+    from devide.modeling import DevideConfig, DevideModel
+    from tests.devide.modeling.test_model import KNOWLEDGE, SMALL
+
+    torch.manual_seed(0)
+    model = DevideModel(DevideConfig(**SMALL)).eval()
+    model.set_knowledge(KNOWLEDGE)
+    model.save_pretrained(tmp_path / "model")
+    upload_dir = dry_run(tmp_path / "model", tmp_path / "dry", repo_id="org/devide-tiny")
+    assert {"losses.py", "modeling_devide.py", "knowledge.json", "model.safetensors"} <= {
+        p.name for p in upload_dir.iterdir()}
+
+    card = ModelCard.load(upload_dir / "README.md").text
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace("org/devide-tiny", str(upload_dir))
+    namespace: dict = {}
+    exec(compile(snippet, "model-card-usage", "exec"), namespace)  # the snippet as a user would paste it
+    assert tuple(namespace["out"].probs.shape) == (1, 2)
+
+    pixels = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    loaded = AutoModel.from_pretrained(upload_dir, trust_remote_code=True).eval()
+    entities = ["pneumothorax", "pleural_effusion", "nodule"]
+    with torch.no_grad():
+        expected, got = model.predict(pixels, entities=entities), loaded.predict(pixels, entities=entities)
+    torch.testing.assert_close(got.probs, expected.probs, rtol=0, atol=0)
+    torch.testing.assert_close(got.grounding, expected.grounding, rtol=0, atol=0)
