@@ -235,7 +235,7 @@ def _run_as_secondary_rank(stage: Stage, cfg: StageConfig, partial: Path, out: P
     """Non-zero ranks run the stage function in rank 0's work folder but never create, clear, log into,
     write the manifest of, or promote it: rank 0 alone owns the artifact (the stage synchronises the ranks)."""
     ctx = StageContext(work_dir=partial, out=out, logger=logging.getLogger(f"devide.{stage.name}"), quiet=quiet)
-    counts = stage.run(cfg, ctx) or {}
+    counts = stage.run_function()(cfg, ctx) or {}
     return StageResult("complete", out, {"status": "complete", "counts": {**ctx.counts, **counts}})
 
 

@@ -282,6 +282,10 @@ class Trainer:
         if not accelerator.is_main_process:
             self.ctx.logger.setLevel(logging.WARNING)
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file save/load notices: noise on the console
+        if self.ctx.quiet or is_quiet():
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
         set_seed(cfg.seed, deterministic=cfg.deterministic)
 
         vocabulary = load_vocabulary(cfg.vocabulary)
