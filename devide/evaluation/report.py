@@ -267,7 +267,7 @@ def console_table(results: dict, report_path: Path) -> str:
         if macro:
             out.append(f"    {'macro ' + group:<{width}} AUC {fmt_ci(macro)}")
     out.append(f"    {'macro all':<{width}} AUC {fmt_ci(results['metrics']['macro']['all'])}")
-    if results.get("grounding", {}).get("overall", {}).get("n"):
+    if ((results.get("grounding") or {}).get("overall") or {}).get("n"):
         g = results["grounding"]["overall"]
         out.append(f"  grounding: pointing game {fmt(g.get('pointing_game'))}, map AUROC {fmt(g.get('map_auroc'))} "
                    f"(n={g['n']})")

@@ -103,3 +103,14 @@ def test_unseen_from_phantom_findings_formats():
     assert _unseen_from_findings({"unseen": ["a"]}) == {"a"}
     assert _unseen_from_findings({"findings": {"a": {"unseen": True}, "b": {"seen": True}}}) == {"a"}
     assert _unseen_from_findings({"a": {"seen": False}, "b": {}}) == {"a"}
+
+
+def test_dataset_without_boxes_reports_no_grounding(tiny_model, tmp_path):
+    """CheXpert has labels but no boxes: grounding is absent from results, and the report and console table
+    say nothing of it instead of failing (a regression seen in the demo on the phantom CheXpert set)."""
+    fixtures.chexpert(tmp_path / "chexpert")
+    result = evaluate(tiny_model, "chexpert", tmp_path / "chexpert", tmp_path / "out", split="val")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert result.status == "complete" and not results["grounding"]
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "grounding:" not in summary and "report:" in summary
