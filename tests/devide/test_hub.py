@@ -61,6 +61,7 @@ def eval_dir(tmp_path) -> Path:
 
 
 def dry_run(model_dir: Path, out: Path, **extra) -> Path:
+    extra.setdefault("allow_report_knowledge", True)  # fixture knowledge is synthetic; the guard has its own tests
     cfg = load_config(PushConfig, overrides={"model": str(model_dir), "dry_run": str(out), **extra})
     execute_stage(STAGE, cfg)
     return out / "upload"
@@ -168,10 +169,34 @@ def test_config_requires_repo_id_or_dry_run(model_dir):
         load_config(PushConfig, overrides={"model": str(model_dir), "repo_id": "no-slash"})
 
 
+def harmonize_artifact(folder: Path, report_sentence: str) -> Path:
+    from knowledge.base import write_knowledge_base
+
+    folder.mkdir()
+    rows = [("definition", "definition", "Air in the pleural space."), ("report", "location", report_sentence)]
+    write_knowledge_base(folder, [{"entity": "pneumothorax", "source": source, "aspect": aspect, "sentence": text,
+                                   "provenance": "{}", "hash": str(i)} for i, (source, aspect, text) in enumerate(rows)])
+    return folder
+
+
+def test_report_derived_knowledge_is_refused_unless_allowed(model_dir, tmp_path):
+    """Sentences from (possibly credentialed) training reports never leave in knowledge.json by default."""
+    leaked = harmonize_artifact(tmp_path / "kb-leak", "A visceral pleural line.")  # also in the model's knowledge
+    with pytest.raises(StageError, match="derived from training reports"):
+        dry_run(model_dir, tmp_path / "d1", knowledge=str(leaked), allow_report_knowledge=False)
+    with pytest.raises(StageError, match="--knowledge"):
+        dry_run(model_dir, tmp_path / "d2", allow_report_knowledge=False)  # cannot be checked: fail closed
+    clean = harmonize_artifact(tmp_path / "kb-clean", "Right apical pneumothorax.")  # not in the model's knowledge
+    assert (dry_run(model_dir, tmp_path / "d3", knowledge=str(clean), allow_report_knowledge=False)
+            / "knowledge.json").is_file()
+    assert (dry_run(model_dir, tmp_path / "d4", knowledge=str(leaked)) / "knowledge.json").is_file()
+
+
 def test_cli_dry_run_and_refusal_exit_codes(model_dir, tmp_path, capsys):
-    assert cli.main(["push", "--model", str(model_dir), "--dry-run", str(tmp_path / "d1")]) == 0
+    base = ["push", "--model", str(model_dir), "--allow-report-knowledge", "--dry-run"]
+    assert cli.main([*base, str(tmp_path / "d1")]) == 0
     (model_dir / "optimizer.bin").write_bytes(b"x")
-    assert cli.main(["push", "--model", str(model_dir), "--dry-run", str(tmp_path / "d2")]) == 2
+    assert cli.main([*base, str(tmp_path / "d2")]) == 2
     err = capsys.readouterr().err
     assert "optimizer.bin (optimizer state)" in err and len(err.strip().splitlines()) == 1
 
