@@ -7,15 +7,27 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from devide.config import StageConfig
 from devide.data.adapters import AdapterError, get_adapter
 from devide.stage import Stage
+from devide.training.config import (
+    AdamBetas,
+    AdamEps,
+    BatchSize,
+    CheckpointEvery,
+    Epochs,
+    KeepCheckpoints,
+    LearningRate,
+    OptimisationConfig,
+    Seed,
+    WarmupRatio,
+    WeightDecay,
+)
 
 Init = Literal["pretrained", "random"]
 Mode = Literal["probe", "full"]
 
 
-class FinetuneConfig(StageConfig):
+class FinetuneConfig(OptimisationConfig):
     """Config of ``devide finetune``: one dataset, one task, one labelled fraction, several variants.
 
     The variants are every combination of ``init`` x ``modes`` x ``align_weights``; they share the labelled
@@ -55,34 +67,21 @@ class FinetuneConfig(StageConfig):
     partition_percent: tuple[int, int, int] = Field(
         default=(70, 10, 20), description="train/val/test percentages of patients for the partition protocol")
     max_test_images: int | None = Field(default=None, ge=1, description="cap on test images (sha1 of image id)")
-    # optimisation
-    seed: int = Field(default=0, description="seed of the labelled selection, head/random init, data order, augmentation")
-    batch_size: int = Field(default=16, ge=1, description="images per process per micro-batch")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
-    epochs: float = Field(default=10.0, gt=0, description="passes over the labelled subset (when max_steps is unset)")
-    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps (overrides epochs)")
-    learning_rate: float = Field(default=5e-5, gt=0, description="peak AdamW learning rate of the image tower")
+    # optimisation: the shared fields of OptimisationConfig, with fine-tuning defaults
+    seed: Seed = 0
+    batch_size: BatchSize = 16
+    epochs: Epochs = 10.0
+    learning_rate: LearningRate = 5e-5
     head_learning_rate: float = Field(default=1e-3, gt=0, description="peak AdamW learning rate of the new head")
-    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay (not on biases and norms)")
-    adam_betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas")
-    adam_eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon")
-    warmup_steps: int | None = Field(default=None, ge=0, description="linear warm-up steps (default: warmup_ratio)")
-    warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="warm-up as a fraction of all steps")
-    max_grad_norm: float | None = Field(default=1.0, description="gradient clipping norm (null: no clipping)")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        default="auto", description="auto: the accelerate launch config, else bf16 where the GPU supports it")
-    deterministic: bool = Field(default=False, description="torch deterministic algorithms (slower on GPU)")
-    augment: bool = Field(default=True, description="CXR augmentation (crop, small rotation, intensity); masks follow")
-    hflip: float = Field(default=0.0, ge=0, le=1, description="horizontal flip probability (laterality matters)")
-    workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training process")
+    weight_decay: WeightDecay = 0.01
+    adam_betas: AdamBetas = (0.9, 0.999)
+    adam_eps: AdamEps = 1e-8
+    warmup_ratio: WarmupRatio = 0.1
     # checkpoints, logging, evaluation
-    checkpoint_every: int = Field(default=200, ge=1, description="save_state every N optimizer steps")
-    keep_checkpoints: int = Field(default=1, ge=1, description="checkpoints kept per variant (oldest deleted)")
-    keep_checkpoints_at_end: bool = Field(default=False, description="keep checkpoints/ in the final artifact")
+    checkpoint_every: CheckpointEvery = 200
+    keep_checkpoints: KeepCheckpoints = 1
     resume: str = Field(default="latest", description="latest (newest checkpoint of each variant, if any) or never")
     eval_every: int = Field(default=0, ge=0, description="validation loss every N steps (0: only at the end)")
-    log_every: int = Field(default=10, ge=1, description="log losses, lr and throughput every N steps")
-    tensorboard: bool = Field(default=True, description="log to tensorboard (runs/<variant>/logs)")
     eval_batch_size: int = Field(default=32, ge=1, description="images per forward pass at evaluation")
     bootstrap: int = Field(default=1000, ge=0, description="bootstrap resamples for AUC confidence intervals")
     overlays: int = Field(default=8, ge=0, description="segmentation overlay PNGs per variant (first test images)")

@@ -3,14 +3,55 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from devide.config import StageConfig
 
+# Fields whose default differs between pretraining and fine-tuning: constraints and help live here once,
+# each config states only its default (pydantic does not merge a redeclared field with its parent's).
+Seed = Annotated[int, Field(description="seed of the model init, data order and augmentation")]
+BatchSize = Annotated[int, Field(ge=1, description="images per process per micro-batch")]
+Epochs = Annotated[float, Field(gt=0, description="passes over the training images (when max_steps is unset)")]
+LearningRate = Annotated[float, Field(gt=0, description="peak AdamW learning rate")]
+WeightDecay = Annotated[float, Field(ge=0, description="AdamW weight decay (not on biases and norms)")]
+AdamBetas = Annotated[tuple[float, float], Field(description="AdamW betas")]
+AdamEps = Annotated[float, Field(gt=0, description="AdamW epsilon")]
+WarmupRatio = Annotated[float, Field(ge=0, le=1, description="warm-up as a fraction of all steps")]
+CheckpointEvery = Annotated[int, Field(ge=1, description="save_state every N optimizer steps")]
+KeepCheckpoints = Annotated[int, Field(ge=1, description="checkpoints kept (oldest deleted)")]
 
-class TrainConfig(StageConfig):
+
+class OptimisationConfig(StageConfig):
+    """What every run of the Accelerate trainer shares (``devide train`` and ``devide finetune``)."""
+
+    seed: Seed = 42
+    batch_size: BatchSize = 32
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    epochs: Epochs = 1.0
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps (overrides epochs)")
+    learning_rate: LearningRate = 1e-4
+    weight_decay: WeightDecay = 0.05
+    adam_betas: AdamBetas = (0.9, 0.98)
+    adam_eps: AdamEps = 1e-6
+    warmup_steps: int | None = Field(default=None, ge=0, description="linear warm-up steps (default: warmup_ratio)")
+    warmup_ratio: WarmupRatio = 0.05
+    max_grad_norm: float | None = Field(default=1.0, description="gradient clipping norm (null: no clipping)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto", description="auto: the accelerate launch config, else bf16 where the GPU supports it")
+    deterministic: bool = Field(default=False, description="torch deterministic algorithms (slower on GPU)")
+    augment: bool = Field(default=True, description="CXR augmentation (crop, small rotation, intensity; masks follow)")
+    hflip: float = Field(default=0.0, ge=0, le=1, description="horizontal flip probability (laterality matters)")
+    workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training process")
+    checkpoint_every: CheckpointEvery = 500
+    keep_checkpoints: KeepCheckpoints = 2
+    keep_checkpoints_at_end: bool = Field(default=False, description="keep checkpoints/ in the final artifact")
+    log_every: int = Field(default=10, ge=1, description="log losses, lr and throughput every N steps")
+    tensorboard: bool = Field(default=True, description="log to tensorboard (logs/ in the artifact or per variant)")
+
+
+class TrainConfig(OptimisationConfig):
     """Config of ``devide train`` (one process, or every process of ``accelerate launch``)."""
 
     # inputs
@@ -31,38 +72,14 @@ class TrainConfig(StageConfig):
     model: dict[str, Any] = Field(
         default_factory=dict,
         description="DevideConfig fields, e.g. {vision_preset: tiny, freeze_text: true, use_pta: false}")
-    # optimisation
-    seed: int = Field(default=42, description="seed of the model init, data order and augmentation")
-    batch_size: int = Field(default=32, ge=1, description="images per process per micro-batch")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
-    epochs: float = Field(default=1.0, gt=0, description="passes over the training split (when max_steps is unset)")
-    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps (overrides epochs)")
-    learning_rate: float = Field(default=1e-4, gt=0, description="peak AdamW learning rate")
-    weight_decay: float = Field(default=0.05, ge=0, description="AdamW weight decay (not on biases and norms)")
-    adam_betas: tuple[float, float] = Field(default=(0.9, 0.98), description="AdamW betas")
-    adam_eps: float = Field(default=1e-6, gt=0, description="AdamW epsilon")
-    warmup_steps: int | None = Field(default=None, ge=0, description="linear warm-up steps (default: warmup_ratio)")
-    warmup_ratio: float = Field(default=0.05, ge=0, le=1, description="warm-up as a fraction of all steps")
-    max_grad_norm: float | None = Field(default=1.0, description="gradient clipping norm (null: no clipping)")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        default="auto", description="auto: the accelerate launch config, else bf16 where the GPU supports it")
-    deterministic: bool = Field(default=False, description="torch deterministic algorithms (slower on GPU)")
     # data
     train_split: str = Field(default="train", description="split of the dataset to train on")
-    augment: bool = Field(default=True, description="CXR augmentation (crop, small rotation, intensity)")
-    hflip: float = Field(default=0.0, ge=0, le=1, description="horizontal flip probability (laterality matters)")
-    workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training process")
-    # checkpoints and evaluation
-    checkpoint_every: int = Field(default=500, ge=1, description="save_state every N optimizer steps")
-    keep_checkpoints: int = Field(default=2, ge=1, description="checkpoints kept (oldest deleted)")
-    keep_checkpoints_at_end: bool = Field(default=False, description="keep checkpoints/ in the final artifact")
+    # checkpoints and validation
     resume: str = Field(
         default="latest", description="latest (newest checkpoint in the work folder, if any), never, or a checkpoint folder")
     eval_split: str | None = Field(default="validate", description="held-out split for zero-shot validation")
     eval_every: int = Field(default=0, ge=0, description="validate every N steps (0: only at the end)")
     eval_max_images: int = Field(default=512, ge=1, description="validation images (first N of the split)")
-    log_every: int = Field(default=10, ge=1, description="log losses, lr and throughput every N steps")
-    tensorboard: bool = Field(default=True, description="log to tensorboard (logs/ in the artifact)")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
