@@ -12,6 +12,7 @@ Label values follow the project-wide convention: 1 present, 0 absent, -1 uncerta
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ class EvalSet:
         return out
 
 
-class DatasetAdapter:
+class DatasetAdapter(ABC):
     """Base class: subclasses set the class attributes and implement :meth:`read`."""
 
     name: ClassVar[str]
@@ -121,8 +122,9 @@ class DatasetAdapter:
         self.read(split, eval_set)
         return eval_set
 
-    def read(self, split: str, eval_set: EvalSet) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, split: str, eval_set: EvalSet) -> None:
+        """Fill ``eval_set`` with the split's records and rejections (each adapter reads its own layout)."""
 
     # helpers shared by adapters -----------------------------------------------------------------------
 
