@@ -120,6 +120,22 @@ class DescriptionSpider(scrapy.Spider):
             raise ParseError(f"not a text page ({response.headers.get('Content-Type', b'?').decode()})")
         return parse_html(response.text)
 
+    def article_parts(self, response: Response, title_css: list[str], content_css: list[str]
+                      ) -> tuple[lxml_html.HtmlElement, str, lxml_html.HtmlElement] | None:
+        """(page root, title, article body) of an article page, or None after recording why it has none."""
+        try:
+            root = self.page_root(response)
+            heading = first(root, title_css)
+            if heading is None or not heading.text_content().strip():
+                raise ParseError(f"no title ({', '.join(title_css)})")
+            body = first(root, content_css)
+            if body is None:
+                raise ParseError(f"no article body ({', '.join(content_css)})")
+        except ParseError as exc:
+            self.record_parse_error(response, str(exc))
+            return None
+        return root, " ".join(heading.text_content().split()), body
+
     @staticmethod
     def licence_of(root: lxml_html.HtmlElement, css: str, default: str | None) -> str:
         found = first(root, [css])

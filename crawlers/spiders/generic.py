@@ -14,7 +14,7 @@ from scrapy.http import Response
 
 from crawlers.items import DescriptionItem
 from crawlers.job import GenericSelectors
-from crawlers.sections import ParseError, SectionRule, first
+from crawlers.sections import ParseError, SectionRule
 from crawlers.spiders.base import DescriptionSpider
 
 
@@ -86,18 +86,10 @@ class GenericSpider(DescriptionSpider):
     def parse_article(self, response: Response, entity: str) -> Iterator[DescriptionItem]:
         """An article: the sentences of its radiographic sections, one item each."""
         sel = self.selectors
-        try:
-            root = self.page_root(response)
-            title_el = first(root, [sel.title])
-            if title_el is None or not title_el.text_content().strip():
-                raise ParseError(f"no title ({sel.title})")
-            container = first(root, [c.strip() for c in sel.content.split(",")])
-            if container is None:
-                raise ParseError(f"no article body ({sel.content})")
-        except ParseError as exc:
-            self.record_parse_error(response, str(exc))
+        parts = self.article_parts(response, [sel.title], [c.strip() for c in sel.content.split(",")])
+        if parts is None:
             return
-        title = " ".join(title_el.text_content().split())
+        root, title, container = parts
         assert self.job is not None
         licence = self.licence_of(root, sel.licence_css, sel.licence or self.job.licence)
         authors = [a.text_content().strip() for a in root.cssselect(".authors a")]

@@ -21,7 +21,7 @@ import scrapy
 from scrapy.http import Response
 
 from crawlers.items import DescriptionItem
-from crawlers.sections import MEDIAWIKI_RULE, ParseError, first, parse_html
+from crawlers.sections import MEDIAWIKI_RULE, first, parse_html
 from crawlers.spiders.base import UNKNOWN_LICENCE, DescriptionSpider
 
 API_PATH = "/w/api.php"
@@ -83,18 +83,11 @@ class MediaWikiSpider(DescriptionSpider):
         @returns requests 0 0
         @scrapes entity sentence source site url title section licence attribution retrieved_at
         """
-        try:
-            root = self.page_root(response)
-            heading = first(root, ["#firstHeading .mw-page-title-main", "#firstHeading", "h1"])
-            container = first(root, [CONTENT, "#mw-content-text"])
-            if heading is None or not heading.text_content().strip():
-                raise ParseError("no #firstHeading title")
-            if container is None:
-                raise ParseError(f"no article body ({CONTENT})")
-        except ParseError as exc:
-            self.record_parse_error(response, str(exc))
+        parts = self.article_parts(response, ["#firstHeading .mw-page-title-main", "#firstHeading", "h1"],
+                                   [CONTENT, "#mw-content-text"])
+        if parts is None:
             return
-        title = " ".join(heading.text_content().split())
+        root, title, container = parts
         assert self.job is not None
         licence = self.licence_of(root, 'a[rel="license"]', self.job.licence)
         yield from self.wiki_items(response, entity, title, container, licence)
