@@ -174,14 +174,16 @@ def run_pipeline(
     report = PipelineReport()
     for item in select(planned, start, until):
         rerun = "all" in force or item.name in force
-        if not rerun and is_up_to_date(item.stage, item.cfg):
-            logger.info("[%s] up to date, skipped", item.name)
-        else:
-            logger.info("[%s] running (%s)", item.name, item.stage.name)
+        # execute_stage fingerprints the inputs and decides to skip itself; only a launched stage is checked
+        # here, to avoid starting a launcher for nothing.
         if item.launch and (rerun or not is_up_to_date(item.stage, item.cfg)):
-            report.results[item.name] = launch_stage(item, force=rerun, quiet=quiet)
+            result = launch_stage(item, force=rerun, quiet=quiet)
+        elif item.launch:
+            result = StageResult("skipped", Path(item.cfg.out), read_manifest(Path(item.cfg.out)) or {})
         else:
-            report.results[item.name] = execute_stage(item.stage, item.cfg, force=rerun, quiet=quiet)
+            result = execute_stage(item.stage, item.cfg, force=rerun, quiet=quiet)
+        logger.info("[%s] %s", item.name, result.status)
+        report.results[item.name] = result
     report.seconds = time.perf_counter() - began
     return report
 
