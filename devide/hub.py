@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -168,15 +169,41 @@ def select_files(model_dir: Path, token: str | None, max_file_mb: float) -> tupl
     return chosen, refused
 
 
-def report_derived_sentences(knowledge_dir: Path) -> set[str]:
-    """Sentences of a harmonize artifact whose source is a training report."""
+def knowledge_rows(knowledge_dir: Path) -> list[Any]:
+    """The rows of a harmonize artifact (entity, source, aspect, sentence, provenance)."""
     from knowledge.base import KnowledgeBase
 
     try:
-        rows = KnowledgeBase.load(knowledge_dir).rows
+        return KnowledgeBase.load(knowledge_dir).rows
     except FileNotFoundError as exc:
         raise StageError(str(exc)) from None
-    return {row.sentence for row in rows if row.source == "report"}
+
+
+def report_derived_sentences(knowledge_dir: Path) -> set[str]:
+    """Sentences of a harmonize artifact whose source is a training report."""
+    return {row.sentence for row in knowledge_rows(knowledge_dir) if row.source == "report"}
+
+
+def knowledge_provenance(knowledge_dir: Path) -> dict[str, Any]:
+    """Crawled sites with their licences and page counts, and the LLM model ids and prompt versions, read from
+    the per-sentence provenance the harmoniser records."""
+    sites: dict[str, dict[str, Any]] = {}
+    models, prompts = set(), set()
+    for row in knowledge_rows(knowledge_dir):
+        models.update([row.provenance["model"]] if row.provenance.get("model") else [])
+        prompts.update([row.provenance["prompt"]] if row.provenance.get("prompt") else [])
+        for source in row.provenance.get("sources", []):
+            url = source.get("url")
+            if not url:
+                continue
+            site = sites.setdefault(urlsplit(url).netloc, {"licences": set(), "pages": set()})
+            site["licences"].add(source.get("licence") or "unknown")
+            site["pages"].add(url)
+    return {
+        "sites": [{"site": name, "licences": sorted(v["licences"]), "pages": len(v["pages"])}
+                  for name, v in sorted(sites.items())],
+        "llm_models": sorted(models), "prompts": sorted(prompts),
+    }
 
 
 def check_knowledge_privacy(cfg: PushConfig) -> None:
@@ -274,9 +301,8 @@ def provenance(cfg: PushConfig) -> dict[str, Any]:
     if cfg.knowledge is not None:
         manifest = read_manifest(cfg.knowledge) or {}
         info["knowledge_counts"] = manifest.get("counts", {})
-        sources_path = cfg.knowledge / "sources.json"
-        if sources_path.is_file():
-            info["knowledge_sources"] = _load_json(sources_path)
+        info["knowledge_date"] = manifest.get("finished")
+        info.update(knowledge_provenance(cfg.knowledge))
     return info
 
 
@@ -292,18 +318,17 @@ def render_card(cfg: PushConfig, model_config: dict[str, Any], results: list[dic
         tags=CARD_TAGS, base_model=base_models or None, model_name=repo.split("/")[-1],
         eval_results=card_eval_results(results) or None,
     )
-    sources = info.get("knowledge_sources") or []
     source_lines = "\n".join(
-        f"- {s.get('site') or s.get('url', '?')}: licence {s.get('licence', 'unknown')}; "
-        f"attribution: {s.get('attribution', 'n/a')}; retrieved {s.get('retrieved_at', '?')}"
-        for s in sources
+        f"- {s['site']}: {s['pages']} page(s); licence: {'; '.join(s['licences'])}" for s in info.get("sites", [])
     ) or "- (no crawl sources recorded)"
-    llm = info.get("knowledge_counts", {})
+    llm = {"models": info.get("llm_models", []), "prompts": info.get("prompts", []),
+           "harmonised": info.get("knowledge_date"),
+           **{k: v for k, v in info.get("knowledge_counts", {}).items() if "llm" in k or "backend" in k}}
     entities = model_config.get("entities") or []
     content = CARD_TEMPLATE.format(
         repo=repo, entities=", ".join(entities[:60]) or "(see config.json)", n_entities=len(entities),
         table=eval_table(results), sources=source_lines,
-        llm=json.dumps({k: v for k, v in llm.items() if "llm" in k or "prompt" in k or "model" in k}) or "{}",
+        llm=json.dumps(llm),
         training=json.dumps(info.get("training_inputs", {}), indent=1)[:2000],
         config=json.dumps({k: v for k, v in model_config.items() if not isinstance(v, (dict, list))}, indent=1),
         citation=CITATION, pushed=info["pushed"],
@@ -361,7 +386,7 @@ Inputs of the training run (artifact fingerprints):
 {training}
 ```
 
-Knowledge sources (descriptions crawled with robots.txt obeyed; licences and attribution as recorded):
+Knowledge sources (descriptions crawled with robots.txt obeyed; licences as recorded per page):
 
 {sources}
 

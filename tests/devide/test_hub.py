@@ -169,14 +169,29 @@ def test_config_requires_repo_id_or_dry_run(model_dir):
         load_config(PushConfig, overrides={"model": str(model_dir), "repo_id": "no-slash"})
 
 
+CRAWLED = {"model": "smollm2-135m-instruct", "prompt": "harmonize_v1@abc123", "sources": [
+    {"url": "http://127.0.0.1:8000/articles/pneumothorax", "licence": "CC0-1.0"},
+    {"url": "http://127.0.0.1:8000/articles/pneumothorax-2", "licence": "CC0-1.0"}]}
+
+
 def harmonize_artifact(folder: Path, report_sentence: str) -> Path:
     from knowledge.base import write_knowledge_base
 
     folder.mkdir()
-    rows = [("definition", "definition", "Air in the pleural space."), ("report", "location", report_sentence)]
+    rows = [("definition", "definition", "Air in the pleural space.", {}),
+            ("description", "location", "A visceral pleural line at the apex.", CRAWLED),
+            ("report", "location", report_sentence, {})]
     write_knowledge_base(folder, [{"entity": "pneumothorax", "source": source, "aspect": aspect, "sentence": text,
-                                   "provenance": "{}", "hash": str(i)} for i, (source, aspect, text) in enumerate(rows)])
+                                   "provenance": json.dumps(prov), "hash": str(i)}
+                                  for i, (source, aspect, text, prov) in enumerate(rows)])
     return folder
+
+
+def test_card_lists_crawled_sites_licences_and_llm(model_dir, tmp_path):
+    knowledge = harmonize_artifact(tmp_path / "kb", "Right apical pneumothorax.")
+    card = (dry_run(model_dir, tmp_path / "dry", knowledge=str(knowledge)) / "README.md").read_text()
+    assert "- 127.0.0.1:8000: 2 page(s); licence: CC0-1.0" in card
+    assert '"models": ["smollm2-135m-instruct"], "prompts": ["harmonize_v1@abc123"]' in card
 
 
 def test_report_derived_knowledge_is_refused_unless_allowed(model_dir, tmp_path):
