@@ -19,9 +19,12 @@ UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's registered root for generat
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` through a temp file + rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:  # the folder is new: create it only then (a mkdir per image costs a system call)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
