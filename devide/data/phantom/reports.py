@@ -22,8 +22,13 @@ PARENCHYMAL = {"consolidation", "pneumonia", "infiltration", "edema", "atelectas
                "fibrosis", "granuloma", "cavity"}
 INDICATIONS = ["shortness of breath", "cough", "fever", "chest pain", "dyspnea", "evaluate for interval change",
                "preoperative evaluation", "hypoxia", "weakness", "follow-up"]
-NEGATION_PRIORITY = ["pneumothorax", "pleural_effusion", "consolidation", "cardiomegaly", "edema", "pneumonia",
-                     "enlarged_cardiomediastinum", "fracture", "nodule", "atelectasis"]
+# How often real reports negate each finding (relative weights; pertinent negatives are drawn from the absent
+# ones). Drawn at random rather than in a fixed order: with a fixed order "no pneumonia" was only ever written
+# when the first few were present, i.e. for sick patients, and the model learned pneumonia = "not normal".
+NEGATION_WEIGHTS = {"pneumothorax": 1.0, "pleural_effusion": 1.0, "consolidation": 0.8, "cardiomegaly": 0.6,
+                    "edema": 0.5, "pneumonia": 0.5, "enlarged_cardiomediastinum": 0.4, "fracture": 0.2,
+                    "nodule": 0.2, "atelectasis": 0.2, "infiltration": 0.15, "mass": 0.15,
+                    "pleural_thickening": 0.1}
 
 
 @dataclass
@@ -95,8 +100,13 @@ def describe(f: Finding, spec: FindingsSpec, rng: np.random.Generator, uncertain
 
 def _negations(rng: np.random.Generator, spec: FindingsSpec, absent: list[str]) -> list[Sentence]:
     out: list[Sentence] = []
-    pool = [e for e in NEGATION_PRIORITY if e in absent]
-    pool = pool[: int(rng.integers(2, 5))]
+    candidates = [e for e in NEGATION_WEIGHTS if e in absent]
+    if not candidates:
+        return out
+    weights = np.array([NEGATION_WEIGHTS[e] for e in candidates])
+    count = min(len(candidates), int(rng.integers(2, 6)))
+    drawn = set(rng.choice(candidates, size=count, replace=False, p=weights / weights.sum()).tolist())
+    pool = [e for e in candidates if e in drawn]  # the usual reading order
     if "pneumothorax" in pool and "pleural_effusion" in pool and rng.random() < 0.6:
         out.append(Sentence("No pleural effusion or pneumothorax.", {"pleural_effusion": 0, "pneumothorax": 0}))
         pool = [e for e in pool if e not in ("pneumothorax", "pleural_effusion")]
