@@ -83,6 +83,9 @@ class DevideConfig(PretrainedConfig):
         uncertain_policy: what an uncertain (-1) label means for L_bce: ``ignore`` (masked like "not
         mentioned", default), ``positive`` (U-Ones), ``negative`` (U-Zeros) or ``soft`` (target
         ``uncertain_soft_target``). L_tnc and L_pta only ever use certain labels.
+        unmentioned_weight: weight of "not mentioned" (-100) pairs in L_bce, read as absent. 0 (default) masks
+        them as DeViDe does; > 0 also teaches the presence head what normal looks like for findings a corpus
+        seldom negates (MedKLIP reads every unmentioned entity as absent, i.e. weight 1).
     """
 
     model_type = "devide"
@@ -125,6 +128,7 @@ class DevideConfig(PretrainedConfig):
     pta_gamma: float = 10.0
     uncertain_policy: str = "ignore"
     uncertain_soft_target: float = 0.5
+    unmentioned_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         self._validate()
@@ -148,6 +152,8 @@ class DevideConfig(PretrainedConfig):
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by fusion_heads {self.fusion_heads}")
         if not 0.0 <= self.uncertain_soft_target <= 1.0:
             raise ValueError("uncertain_soft_target must lie in [0, 1]")
+        if not 0.0 <= self.unmentioned_weight <= 1.0:
+            raise ValueError("unmentioned_weight must lie in [0, 1]")
         if self.vision_config is not None and "model_type" not in self.vision_config:
             raise ValueError("vision_config must be a dict with a 'model_type' key (e.g. 'vit')")
 

@@ -38,34 +38,38 @@ def check_labels(labels: torch.Tensor, num_entities: int) -> None:
         raise ValueError(f"labels contain codes outside {VALID_LABELS}: {sorted(set(labels[bad].tolist()))[:5]}")
 
 
-def bce_targets(labels: torch.Tensor, uncertain_policy: str = "ignore",
-                soft_target: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets and mask for L_bce. labels [B, E] -> (targets float [B, E], mask bool [B, E]).
+def bce_targets(labels: torch.Tensor, uncertain_policy: str = "ignore", soft_target: float = 0.5,
+                unmentioned_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets and per-pair weights for L_bce. labels [B, E] -> (targets float [B, E], weights float [B, E]).
 
-    Not mentioned (-100) is always masked. Uncertain (-1): ``ignore`` masks it, ``positive`` -> 1 (U-Ones),
-    ``negative`` -> 0 (U-Zeros), ``soft`` -> ``soft_target``.
+    Present (1) and absent (0) weigh 1. Uncertain (-1): ``ignore`` weighs 0, ``positive`` -> target 1 (U-Ones),
+    ``negative`` -> 0 (U-Zeros), ``soft`` -> ``soft_target``. Not mentioned (-100) is read as absent with weight
+    ``unmentioned_weight``: 0 (default) masks it, as DeViDe does; 1 is MedKLIP's "not mentioned = absent".
     """
     targets = (labels == PRESENT).float()
-    mask = (labels == PRESENT) | (labels == ABSENT)
-    uncertain = labels == UNCERTAIN
+    weights = ((labels == PRESENT) | (labels == ABSENT)).float()
+    if unmentioned_weight:
+        weights = torch.where(labels == NOT_MENTIONED, torch.full_like(weights, unmentioned_weight), weights)
     if uncertain_policy == "ignore":
-        return targets, mask
+        return targets, weights
     fill = {"positive": 1.0, "negative": 0.0, "soft": soft_target}.get(uncertain_policy)
     if fill is None:
         raise ValueError(f"unknown uncertain_policy {uncertain_policy!r}")
-    return torch.where(uncertain, torch.full_like(targets, fill), targets), mask | uncertain
+    uncertain = labels == UNCERTAIN
+    return torch.where(uncertain, torch.full_like(targets, fill), targets), torch.where(uncertain, 1.0, weights)
 
 
 @full_precision
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, uncertain_policy: str = "ignore",
-               soft_target: float = 0.5) -> torch.Tensor:
-    """L_bce: mean binary cross-entropy over the (image, entity) pairs the report mentions.
+               soft_target: float = 0.5, unmentioned_weight: float = 0.0) -> torch.Tensor:
+    """L_bce: weighted mean binary cross-entropy over (image, entity) pairs; by default only the pairs the
+    report mentions count (see :func:`bce_targets`).
 
-    logits, labels: [B, E]. Returns a scalar; 0 (still attached to the graph) when nothing is mentioned.
+    logits, labels: [B, E]. Returns a scalar; 0 (still attached to the graph) when every weight is 0.
     """
-    targets, mask = bce_targets(labels, uncertain_policy, soft_target)
+    targets, weights = bce_targets(labels, uncertain_policy, soft_target, unmentioned_weight)
     per_pair = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    return (per_pair * mask).sum() / mask.sum().clamp_min(1)
+    return (per_pair * weights).sum() / weights.sum().clamp_min(1e-12)  # all weights 0 -> 0 / eps = 0
 
 
 # ---------------------------------------------------------------------------------------------- distributed

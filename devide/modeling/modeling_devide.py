@@ -503,7 +503,8 @@ class DevideModel(PreTrainedModel):
     def _label_losses(self, output: DevideOutput, heads: dict, labels: torch.Tensor, packed: PackedKnowledge) -> None:
         cfg = self.config
         if cfg.use_bce:
-            output.loss_bce = masked_bce(heads["logits"], labels, cfg.uncertain_policy, cfg.uncertain_soft_target)
+            output.loss_bce = masked_bce(heads["logits"], labels, cfg.uncertain_policy, cfg.uncertain_soft_target,
+                                         cfg.unmentioned_weight)
         if cfg.use_tnc or cfg.use_pta:
             descriptions = _normalize(heads["sentences"][heads["sentence_mask"]])  # [M, d], entity-major order
             owner = torch.nonzero(heads["sentence_mask"], as_tuple=True)[0]

@@ -35,6 +35,17 @@ def test_masked_bce_matches_hand_computation(policy, expected_pairs):
     assert value.item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_unmentioned_weight_reads_not_mentioned_as_absent(weight):
+    # mentioned pairs weigh 1 (uncertain ignored), the two not-mentioned pairs (2.0 and -0.5) are absent * weight
+    weighted = [(0.0, 1, 1.0), (-1.0, 0, 1.0), (-0.5, 0, weight), (1.5, 0, weight)]
+    expected = sum(w * _bce(x, t) for x, t, w in weighted) / sum(w for _, _, w in weighted)
+    logits = torch.tensor([[0.0, 2.0, -0.5], [-1.0, 1.5, 0.3]])
+    labels = torch.tensor([[1, -1, -100], [0, -100, -1]])
+    value = losses.masked_bce(logits, labels, "ignore", unmentioned_weight=weight)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_not_mentioned_entities_get_no_gradient_from_bce():
     logits = LOGITS.clone().requires_grad_(True)
     losses.masked_bce(logits, LABELS, "positive").backward()
