@@ -180,9 +180,14 @@ class Geometry:
 
     @cached_property
     def lungs(self) -> dict[str, np.ndarray]:
-        uu, _ = canvas.grid(self.res)
-        right = uu < self.p.mx
-        return {"right": np.where(right, self.lung, 0.0), "left": np.where(right, 0.0, self.lung)}
+        """Each lung alone ``[res, res]``: the lung mask split at the midline (the patient's right on the image's
+        left), by whole columns since the split depends on ``u`` only."""
+        split = int(np.count_nonzero(canvas.axis(self.res) < self.p.mx))
+        right = np.zeros_like(self.lung)
+        right[:, :split] = self.lung[:, :split]
+        left = np.zeros_like(self.lung)
+        left[:, split:] = self.lung[:, split:]
+        return {"right": right, "left": left}
 
     @cached_property
     def air_depth(self) -> np.ndarray:
