@@ -122,9 +122,11 @@ def heart_weight(g: Geometry, layers: Layers) -> np.ndarray:
 
 def to_grey(density: np.ndarray, p: AnatomyParams, size: int) -> np.ndarray:
     """Map density to 8-bit grey at the output size, with detector noise. Returns ``[size, size]`` uint8."""
-    index = (density - np.float32(p.lo)) * np.float32(LUT_SIZE / (p.hi - p.lo))
-    np.clip(index, 0, LUT_SIZE - 1, out=index)
-    grey8 = _response_lut(round(p.gamma, 4))[index.astype(np.int32)]
+    scaled = np.subtract(density, np.float32(p.lo))
+    scaled *= np.float32(LUT_SIZE / (p.hi - p.lo))
+    # clip and truncate to table indices in one pass (the same values as clipping, then astype)
+    index = np.clip(scaled, 0, LUT_SIZE - 1, out=np.empty(scaled.shape, np.int32), casting="unsafe")
+    grey8 = np.take(_response_lut(round(p.gamma, 4)), index)
     noise = _noise_field(size, p.seeds[2])
     grey = _scratch(size)
     if size == 2 * grey8.shape[0]:  # the usual case (512 px and up): bilinear 2x in integers, 16x scaled
