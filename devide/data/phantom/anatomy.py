@@ -154,6 +154,10 @@ class Geometry:
 
     def lung_outline(self, side: str, shrink: float = 0.0) -> list[canvas.Point]:
         """Closed outline (normalised points) of one lung; ``shrink`` pulls the apex and lateral wall in."""
+        return [(float(u), float(v)) for u, v in self.lung_outline_array(side, shrink)]
+
+    def lung_outline_array(self, side: str, shrink: float = 0.0) -> np.ndarray:
+        """:meth:`lung_outline` as an ``[n, 2]`` array of ``(u, v)``."""
         p = self.p
         vs = self.vs
         lat = self.lateral(vs)
@@ -170,7 +174,7 @@ class Geometry:
         vs_m, med_m = vs[med_keep][::-1], med[med_keep][::-1]
         us = np.concatenate([self.to_u(lat_k, side), self.to_u(ds, side), self.to_u(med_m, side, medial=True)])
         vs_all = np.concatenate([vs_k + shrink * 0.8 * (1 - (vs_k - p.apex) / 0.5), dome_v, vs_m])
-        return list(zip(us.tolist(), vs_all.tolist()))
+        return np.stack([us, vs_all], axis=1)
 
     # ------------------------------------------------------------------ masks
     @cached_property
@@ -290,7 +294,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _lung_mask(p: AnatomyParams, res: int) -> np.ndarray:
     g = Geometry(p, res)
-    return _frozen(canvas.polygon_mask([g.lung_outline(s) for s in SIDES], res, blur_px=0.8 * res / 256))
+    return _frozen(canvas.polygon_mask([g.lung_outline_array(s) for s in SIDES], res, blur_px=0.8 * res / 256))
 
 
 @lru_cache(maxsize=8)

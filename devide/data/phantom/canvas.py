@@ -38,22 +38,23 @@ def to_px(points: Sequence[Point], res: int) -> list[Point]:
     return [(float(u) * res, float(v) * res) for u, v in points]
 
 
-def polygon_mask(points: Sequence[Point] | Sequence[Sequence[Point]], res: int, blur_px: float = 0.0
-                 ) -> np.ndarray:
-    """Filled polygon(s) (normalised vertices) as a soft mask ``[res, res]`` in [0, 1].
+def polygon_mask(points: Sequence[Point] | Sequence[Sequence[Point]] | np.ndarray | Sequence[np.ndarray], res: int,
+                 blur_px: float = 0.0) -> np.ndarray:
+    """Filled polygon(s) (normalised vertices: point lists or ``[n, 2]`` arrays) as a soft mask ``[res, res]``
+    in [0, 1].
 
     A polygon reaching past the frame (the body outline) is drawn on a canvas with a margin, so that its
     blurred edge at the border is the blurred continuation, not a fold at the border.
     """
-    polygons = [points] if points and isinstance(points[0][0], (int, float, np.floating)) else points
-    pixels = [to_px(poly, res) for poly in polygons]
-    flat = np.asarray([xy for poly in pixels for xy in poly])
-    outside = flat.size and (flat.min() < 0 or flat.max() > res)
+    polygons = [points] if len(points) and isinstance(points[0][0], (int, float, np.floating)) else points
+    # vertices in pixels, [n, 2] float64 each (the arithmetic of to_px, for a whole outline at once)
+    pixels = [np.asarray(poly, np.float64).reshape(-1, 2) * res for poly in polygons]
+    outside = any(px.size and (px.min() < 0 or px.max() > res) for px in pixels)
     margin = int(np.ceil(2.5 * blur_px)) + 1 if outside and blur_px > 0 else 0
     img = Image.new("L", (res + 2 * margin, res + 2 * margin), 0)
     draw = ImageDraw.Draw(img)
-    for poly in pixels:
-        draw.polygon([(x + margin, y + margin) for x, y in poly], fill=255)
+    for px in pixels:
+        draw.polygon((px + margin if margin else px).ravel().tolist(), fill=255)
     out = soft(img, blur_px)
     return out[margin:margin + res, margin:margin + res] if margin else out
 
