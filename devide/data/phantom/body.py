@@ -170,11 +170,9 @@ def draw_bones(g: Geometry, edits: list[dict] | None = None) -> Image.Image:
     breaks = {(e["bone"], e["side"], e.get("k", 0)): e for e in edits or ()}
     for side in SIDES:
         # the intact ribs' outlines in one batch (numpy); drawing order as if stroked one by one
-        for outline in canvas.stroke_outlines(_rib_lines(g, side, anterior_rib, 6), res, rib_w * 1.1):
+        for outline in canvas.stroke_outlines(_anterior_lines(g, side, 6), res, rib_w * 1.1):
             draw.polygon(outline, fill=50)  # anterior ribs: faint, drawn first
-        posterior = _rib_lines(g, side, posterior_rib, 12)
-        cortex = canvas.stroke_outlines(posterior, res, rib_w)
-        medulla = canvas.stroke_outlines(posterior, res, rib_w * 0.45)
+        cortex, medulla = canvas.stroke_outlines(_posterior_lines(g, side, 12), res, (rib_w, rib_w * 0.45))
         for k in range(12):
             edit = breaks.get(("rib", side, k))
             if not edit:
@@ -205,9 +203,23 @@ def draw_bones(g: Geometry, edits: list[dict] | None = None) -> Image.Image:
     return img
 
 
-def _rib_lines(g: Geometry, side: str, rib, count: int) -> np.ndarray:
-    """Centre lines of ribs 0..count-1 as ``[count, points, 2]`` normalised coordinates."""
-    return np.asarray([rib(g, side, k) for k in range(count)], dtype=np.float64)
+def _posterior_lines(g: Geometry, side: str, count: int) -> np.ndarray:
+    """:func:`posterior_rib` 0..count-1 as ``[count, points, 2]`` normalised coordinates (the same arithmetic,
+    vectorised over the ribs)."""
+    p = g.p
+    k = np.arange(count, dtype=np.float64)[:, None]
+    tops = p.apex - 0.05 + p.rib_spacing * (k + 0.06 * k * k) * 0.95
+    us = p.mx + side_sign(side) * p.tw * _RIB_S
+    return np.stack([np.broadcast_to(us, (count, us.size)), tops + _RIB_DV], axis=2)
+
+
+def _anterior_lines(g: Geometry, side: str, count: int) -> np.ndarray:
+    """:func:`anterior_rib` 0..count-1 as ``[count, points, 2]`` (vectorised over the ribs)."""
+    p = g.p
+    k = np.arange(count, dtype=np.float64)[:, None]
+    tops = p.apex + 0.005 + p.rib_spacing * 1.3 * k
+    us = p.cx + side_sign(side) * p.tw * _ANTERIOR_S
+    return np.stack([np.broadcast_to(us, (count, us.size)), tops + _ANTERIOR_DV], axis=2)
 
 
 def point_along(points: list[canvas.Point], t: float) -> tuple[canvas.Point, canvas.Point]:
@@ -264,17 +276,38 @@ def _rounded_box(u0: float, v0: float, u1: float, v1: float, radius: float, res:
     return out
 
 
-def _draw_spine(draw: ImageDraw.ImageDraw, g: Geometry) -> None:
-    p, res = g.p, g.res
-    v = 0.0
+def _vertebra_levels() -> np.ndarray:
+    """Top of each vertebral body (normalised), growing taller down the spine: ``[n]``."""
+    levels, v = [], 0.0
     while v < 1.0:
-        height = 0.033 + 0.012 * v
-        draw.polygon(_rounded_box(p.mx - 0.028 - 0.01 * v, v, p.mx + 0.028 + 0.01 * v, v + height, 0.006, res),
-                     fill=38)
-        for s in (-1, 1):  # pedicles
-            cu = p.mx + s * (0.022 + 0.008 * v)
-            draw.ellipse(canvas.to_px([(cu - 0.006, v + 0.006), (cu + 0.006, v + 0.018)], res), fill=55)
-        v += height + 0.008
+        levels.append(v)
+        v += 0.033 + 0.012 * v + 0.008
+    return np.asarray(levels)
+
+
+_VERTEBRAE = _vertebra_levels()
+_CORNER_ARCS = np.asarray([_CORNER if i % 2 == 0 else _CORNER[::-1] for i in range(4)])  # [4 corners, 4, (c, s)]
+_CORNER_SIGNS = np.asarray([(1, 1), (-1, 1), (-1, -1), (1, -1)], dtype=np.float64)
+
+
+def _draw_spine(draw: ImageDraw.ImageDraw, g: Geometry) -> None:
+    """Vertebral bodies (rounded boxes, :func:`_rounded_box` for all levels at once) and their pedicles."""
+    p, res = g.p, g.res
+    v = _VERTEBRAE
+    x0, x1 = (p.mx - 0.028 - 0.01 * v) * res, (p.mx + 0.028 + 0.01 * v) * res
+    y0, y1 = v * res, (v + (0.033 + 0.012 * v)) * res
+    r = max(1.0, 0.006 * res)
+    centres = np.stack([np.stack([x1 - r, y1 - r], 1), np.stack([x0 + r, y1 - r], 1),
+                        np.stack([x0 + r, y0 + r], 1), np.stack([x1 - r, y0 + r], 1)], axis=1)  # [n, 4, 2]
+    arcs = (_CORNER_SIGNS * r)[:, None, :] * _CORNER_ARCS  # [4, 4, 2]
+    boxes = (centres[:, :, None, :] + arcs[None]).reshape(len(v), -1).tolist()
+    centres_u = [p.mx + s * (0.022 + 0.008 * v) for s in (-1, 1)]
+    pedicles = np.stack([np.stack([(cu - 0.006) * res, (v + 0.006) * res, (cu + 0.006) * res, (v + 0.018) * res], 1)
+                         for cu in centres_u], axis=1).tolist()  # [n, 2 sides, (x0, y0, x1, y1)]
+    for box, pair in zip(boxes, pedicles):
+        draw.polygon(box, fill=38)
+        for ellipse in pair:
+            draw.ellipse(ellipse, fill=55)
 
 
 def bones(g: Geometry, edits: list[dict] | None = None) -> np.ndarray:

@@ -100,10 +100,10 @@ def stroke_outline(pts: Sequence[Point], half_width: float) -> list[Point]:
     return left + right[::-1]
 
 
-def stroke_outlines(lines: np.ndarray, res: int, width: float) -> list[list[float]]:
+def stroke_outlines(lines: np.ndarray, res: int, width: float | Sequence[float]) -> list:
     """Outline polygons (flat pixel coordinates, for ``ImageDraw.polygon``) of ``lines`` ``[m, n, 2]``
-    (normalised) stroked ``width`` wide: :func:`stroke_outline` for many polylines in one numpy pass."""
-    half = max(1, int(round(width * res))) / 2.0
+    (normalised) stroked ``width`` wide: :func:`stroke_outline` for many polylines in one numpy pass. Several
+    widths give one list of outlines per width (the joints' geometry computed once)."""
     pts = lines * res
     seg = np.diff(pts, axis=1)
     seg /= np.maximum(np.linalg.norm(seg, axis=2, keepdims=True), 1e-9)
@@ -112,8 +112,12 @@ def stroke_outlines(lines: np.ndarray, res: int, width: float) -> list[list[floa
     mid /= np.maximum(np.linalg.norm(mid, axis=2, keepdims=True), 1e-9)
     cos_half = np.maximum((mid * normals[:, 1:]).sum(axis=2, keepdims=True), 0.5)
     offsets = np.concatenate([normals[:, :1], mid / cos_half, normals[:, -1:]], axis=1)
-    outline = np.concatenate([pts + half * offsets, (pts - half * offsets)[:, ::-1]], axis=1)
-    return outline.reshape(len(lines), -1).tolist()
+    out = []
+    for each in ([width] if np.ndim(width) == 0 else width):
+        half = max(1, int(round(each * res))) / 2.0
+        outline = np.concatenate([pts + half * offsets, (pts - half * offsets)[:, ::-1]], axis=1)
+        out.append(outline.reshape(len(lines), -1).tolist())
+    return out[0] if np.ndim(width) == 0 else out
 
 
 def blur(img: Image.Image, radius_px: float) -> Image.Image:
