@@ -213,7 +213,7 @@ def half_res_gaussian(a: np.ndarray, sigma: float, edges: str = "extend") -> np.
         a = np.pad(a, ((0, h % 2), (0, w % 2)), mode="edge")
     small = np.asarray(Image.fromarray(a, mode="F").reduce(2))
     half_sigma = math.sqrt(max(sigma * sigma - _RESAMPLING_VARIANCE, 0.25)) / 2.0
-    taps = gaussian_taps(round(half_sigma, 4), int(math.ceil(2.5 * half_sigma)))
+    taps = gaussian_taps(round(half_sigma, 4), math.ceil(2.5 * half_sigma))
     reach = taps.size // 2
     if edges == "extend":
         small = _blur_zero(np.pad(small, reach, mode="edge"), taps)[reach:-reach, reach:-reach]
@@ -237,7 +237,7 @@ def _upsample_axis(a: np.ndarray, factor: int, axis: int) -> np.ndarray:
     out = np.empty(shape, np.float32)
     for phase in range(factor):
         position = (phase + 0.5) / factor - 0.5  # where this output pixel falls, relative to its source pixel
-        base = int(math.floor(position))  # its left neighbour: -1 (the one before) or 0 (itself)
+        base = math.floor(position)  # its left neighbour: -1 (the one before) or 0 (itself)
         weight = np.float32(position - base)
         if axis == 0:
             left, right, target = padded[base + 1:base + 1 + n], padded[base + 2:base + 2 + n], out[phase::factor]
