@@ -10,7 +10,7 @@ themselves anatomically and some (cardiomegaly, emphysema, volume loss) change t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 
 import numpy as np
@@ -108,10 +108,11 @@ class Geometry:
     anchor_params: AnatomyParams | None = None
     """The anatomy before findings changed it: lesions are placed against it, so removing an enlarged
     heart or a hyperinflation does not move the other findings."""
-    vs: np.ndarray = field(init=False)  # sample heights for outlines
 
-    def __post_init__(self) -> None:
-        self.vs = np.linspace(self.p.apex, 1.0, 160, dtype=np.float32)
+    @cached_property
+    def vs(self) -> np.ndarray:
+        """Sample heights for outlines ``[160]`` (only the lung outlines need them: computed on first use)."""
+        return np.linspace(self.p.apex, 1.0, 160, dtype=np.float32)
 
     @cached_property
     def anchor(self) -> Geometry:
@@ -215,13 +216,13 @@ class Geometry:
         top = p.heart_top
         base = p.med_w + 0.005
         pts: list[canvas.Point] = [(p.mx + base, top - 0.02), (p.mx - base, top - 0.05)]
-        for t in np.linspace(0.0, 1.0, 14):  # right atrial convexity, 1-2 cm right of the spine
+        for t in _RIGHT_HEART_T:  # right atrial convexity, 1-2 cm right of the spine
             v = top - 0.03 + t * (dome[0] - top + 0.03)
             d = base + (d_right - base) * np.sin(np.pi * (0.08 + 0.62 * t)) ** 0.8
             pts.append((p.mx - d, v))
         pts.append((p.mx - 0.7 * d_right, dome[0] + 0.05))
         pts.append((p.mx + 0.7 * d_left, dome[1] + 0.05))
-        for t in np.linspace(1.0, 0.0, 18):  # left ventricle: widest low down, apex rounding onto the dome
+        for t in _LEFT_HEART_T:  # left ventricle: widest low down, apex rounding onto the dome
             v = top + t * (dome[1] + 0.01 - top)
             d = base + (d_left - base) * np.sin(np.pi * 0.55 * t) ** 0.85
             pts.append((p.mx + d, v))
@@ -270,6 +271,10 @@ class Geometry:
     def lung_width_at(self, v: float, side: str) -> tuple[float, float]:
         """(medial, lateral) distances from the midline at height ``v``."""
         return float(self.medial(np.float32(v), side)), float(self.lateral(np.float32(v)))
+
+
+_RIGHT_HEART_T = np.linspace(0.0, 1.0, 14)  # samples along the right and left heart borders
+_LEFT_HEART_T = np.linspace(1.0, 0.0, 18)
 
 
 # ---------------------------------------------------------------------------------------------- cached masks

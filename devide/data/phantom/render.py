@@ -183,9 +183,17 @@ LUT_SIZE = 2048
 @lru_cache(maxsize=64)
 def _response_lut(gamma: float) -> np.ndarray:
     """Film-like response: grey rises with density, compressing the dense (bright) end a little."""
+    return (_response_curve() ** gamma * 255.0 + 0.5).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def _response_curve() -> np.ndarray:
+    """The response before the study's gamma (the same for every study), ``[LUT_SIZE]`` in [0, 1]."""
     x = np.linspace(0.0, 1.0, LUT_SIZE)
     curve = (1.0 - np.exp(-1.3 * x)) / (1.0 - np.exp(-1.3))
-    return (np.clip(curve, 0, 1) ** gamma * 255.0 + 0.5).astype(np.uint8)
+    out = np.clip(curve, 0, 1)
+    out.setflags(write=False)
+    return out
 
 
 def _noise_field(size: int, seed: int) -> np.ndarray:
