@@ -33,28 +33,28 @@ VESSEL_SCALE = 0.11
 
 @dataclass
 class Layers:
-    """Density channels the findings draw into (all ``[res, res]`` float32), with per-finding footprints.
+    """Density channels the findings draw into (``[res, res]`` float32 each, allocated when a finding first
+    draws into it: ``None`` is the channel's neutral value, so that :func:`compose` skips it), with per-finding
+    footprints.
 
     ``footprint[key]`` bounds, in density units, how much finding ``key`` changes each pixel: where it is
     below :data:`VISIBLE_DENSITY` the finding is invisible, so boxes and masks are taken from it.
     """
 
     res: int
-    add: np.ndarray = field(init=False)  # extra density (lesions, devices, air crescents)
-    keep_air: np.ndarray = field(init=False)  # product of (1 - airspace filling) over findings
-    lucency: np.ndarray = field(init=False)  # extra lung air (hyperlucency)
-    vessel_keep: np.ndarray = field(init=False)  # multiplier on vascular markings
+    add: np.ndarray | None = None  # extra density (lesions, devices, air crescents); None: zero
+    keep_air: np.ndarray | None = None  # product of (1 - airspace filling) over findings; None: one
+    lucency: np.ndarray | None = None  # extra lung air (hyperlucency); None: zero
+    vessel_keep: np.ndarray | None = None  # multiplier on vascular markings; None: one
     bone_edits: list = field(default_factory=list)  # fracture edits consumed by body.draw_bones
     bone_edit_owners: list = field(default_factory=list)  # the finding behind each edit
     footprint: dict[str, np.ndarray] = field(default_factory=dict)
     current: str = ""
 
-    def __post_init__(self) -> None:
-        shape = (self.res, self.res)
-        self.add = np.zeros(shape, np.float32)
-        self.keep_air = np.ones(shape, np.float32)
-        self.lucency = np.zeros(shape, np.float32)
-        self.vessel_keep = np.ones(shape, np.float32)
+    def _channel(self, name: str, neutral: float) -> np.ndarray:
+        if getattr(self, name) is None:
+            setattr(self, name, np.full((self.res, self.res), neutral, np.float32))
+        return getattr(self, name)
 
     def _mark(self, amount: np.ndarray) -> None:
         if self.current:
@@ -68,23 +68,23 @@ class Layers:
 
     def density(self, amount: np.ndarray) -> None:
         """Add density (positive: tissue, metal; negative: gas outside the lungs)."""
-        self.add += amount
+        self._channel("add", 0.0)[...] += amount
         self._mark(amount)
 
     def fill(self, fraction: np.ndarray) -> None:
         """Replace a fraction of the aerated lung by fluid or tissue (airspace opacity, effusion)."""
         fraction = np.clip(fraction, 0.0, 1.0)
-        self.keep_air *= 1.0 - fraction
+        self._channel("keep_air", 1.0)[...] *= 1.0 - fraction
         self._mark(AIR_SCALE * fraction)
 
     def hyperlucent(self, amount: np.ndarray) -> None:
         """More air in the lung (relative increase of the air column)."""
-        self.lucency += amount
+        self._channel("lucency", 0.0)[...] += amount
         self._mark(AIR_SCALE * amount)
 
     def prune_vessels(self, fraction: np.ndarray) -> None:
         fraction = np.clip(fraction, 0.0, 1.0)
-        self.vessel_keep *= 1.0 - fraction
+        self._channel("vessel_keep", 1.0)[...] *= 1.0 - fraction
         self._mark(VESSEL_SCALE * fraction)
 
 
@@ -97,11 +97,26 @@ def compose(g: Geometry, layers: Layers) -> np.ndarray:
     rng = np.random.default_rng(g.p.seeds[0])
     vessels = body.vessels(g, rng)
     bones = body.bones(g, layers.bone_edits)
-    air = body.lung_air(g) * (1.0 + layers.lucency) + body.trachea(g) + body.gastric_bubble(g, rng)
-    density = body.soft_tissue(g) + body.heart_and_mediastinum(g) + body.marker(g)
-    density += bones * bone_contrast(g) + vessels * layers.vessel_keep * layers.keep_air
-    density -= air * _air_kept(g, layers)
-    return density + layers.add
+    # a channel no finding drew into is left out: multiplying by one or adding zero changes nothing
+    air = body.lung_air(g)
+    if layers.lucency is not None:
+        air *= 1.0 + layers.lucency
+    air += body.trachea(g)
+    air += body.gastric_bubble(g, rng)
+    density = body.soft_tissue(g) + body.heart_and_mediastinum(g)
+    density += body.marker(g)
+    if layers.vessel_keep is not None:
+        vessels *= layers.vessel_keep
+    if layers.keep_air is not None:
+        vessels *= layers.keep_air
+        air *= _air_kept(g, layers)
+    bones = bones * bone_contrast(g)
+    bones += vessels
+    density += bones
+    density -= air
+    if layers.add is not None:
+        density += layers.add
+    return density
 
 
 def bone_contrast(g: Geometry) -> np.ndarray:
@@ -109,15 +124,18 @@ def bone_contrast(g: Geometry) -> np.ndarray:
     return 0.45 + 0.55 * np.minimum(g.air_depth * 3.0, 1.0)
 
 
-def _air_kept(g: Geometry, layers: Layers) -> np.ndarray:
+def _air_kept(g: Geometry, layers: Layers) -> np.ndarray | float:
+    if layers.keep_air is None:
+        return 1.0
     return np.where(g.lung > 0, layers.keep_air, 1.0)
 
 
 def heart_weight(g: Geometry, layers: Layers) -> np.ndarray:
     """d density / d heart mask in :func:`compose` (the heart adds tissue and displaces lung air): the density
     is linear in the heart mask, so a change of the heart alone changes the density by ``weight * change``."""
+    lucency = 0.0 if layers.lucency is None else layers.lucency
     return body.HEART_DENSITY + body.AIR_PER_DEPTH * body.RETROCARDIAC_AIR_LOSS * g.p.air * g.air_depth \
-        * (1.0 + layers.lucency) * _air_kept(g, layers)
+        * (1.0 + lucency) * _air_kept(g, layers)
 
 
 def to_grey(density: np.ndarray, p: AnatomyParams, size: int) -> np.ndarray:
