@@ -186,7 +186,10 @@ def soft(img: Image.Image, radius_px: float, scale: float = 1.0 / 255.0) -> np.n
     reach = int(np.ceil(2.5 * radius_px)) + 1 if radius_px > 0 else 0
     x0, y0 = max(0, box[0] - reach), max(0, box[1] - reach)
     x1, y1 = min(w, box[2] + reach), min(h, box[3] + reach)
-    window = np.asarray(img)[y0:y1, x0:x1].astype(np.float32)
+    if (x1 - x0) * (y1 - y0) * 2 < w * h:  # a small drawing: convert only its window
+        window = np.asarray(img.crop((x0, y0, x1, y1)), dtype=np.float32)
+    else:
+        window = np.asarray(img)[y0:y1, x0:x1].astype(np.float32)
     if radius_px > 0:
         # a drawing cut by the image border continues beyond it (edges extended, as a full-frame blur does);
         # one that stays inside has zeros at the border, where extending and zero padding agree
@@ -198,8 +201,10 @@ def soft(img: Image.Image, radius_px: float, scale: float = 1.0 / 255.0) -> np.n
     return out
 
 
-HALF_RES_BLUR = 1.5
-"""Blurs at least this wide (sigma, pixels) run at half resolution (:func:`half_res_gaussian`)."""
+HALF_RES_BLUR = 1.9
+"""Blurs at least this wide (sigma, pixels) run at half resolution (:func:`half_res_gaussian`): the soft body
+outline and breasts (2 px at the 256 px render of a 512 px image; the resampling's own spread is a small part
+of such a blur), never the sharper edges of bones, vessels and lungs."""
 _RESAMPLING_VARIANCE = 0.25 + 2.0 / 3.0  # pixels^2 added by the 2x box reduction and the bilinear 2x upsampling
 
 
