@@ -122,7 +122,7 @@ def loader_images_per_second(folder: Path, batches: int) -> float:
     rows = datasets.load_from_disk(str(folder / "prepared" / "dataset"))["train"]
     processor = DevideImageProcessor(size=128, num_channels=1)
     dataset = CxrDataset(rows, folder / "root", processor_to_pixels(processor), ENTITIES, ENTITIES,
-                         draft_size=128, augment=CxrAugment())
+                         draft_size=128, augment=CxrAugment(), augment_size=128)
     loader = make_dataloader(dataset, BATCH, shuffle=True, workers=WORKERS)
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
@@ -140,7 +140,7 @@ from devide.modeling import DevideImageProcessor
 torch.set_num_threads(1)
 rows = datasets.load_from_disk({dataset!r})["train"]
 dataset = CxrDataset(rows, {root!r}, processor_to_pixels(DevideImageProcessor(size=128, num_channels=1)),
-                     {entities!r}, {entities!r}, draft_size=128, augment=CxrAugment())
+                     {entities!r}, {entities!r}, draft_size=128, augment=CxrAugment(), augment_size=128)
 for i, batch in enumerate(make_dataloader(dataset, 16, shuffle=True, workers=0)):
     if i == 40:
         break

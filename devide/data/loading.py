@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,28 +49,42 @@ class CxrAugment:
     gamma: tuple[float, float] = (0.85, 1.15)
     hflip: float = 0.0
 
-    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """PIL "L" -> augmented PIL "L" of about the same size (the processor resizes afterwards)."""
-        image = self._crop(image, rng)
+    def __call__(self, image: Image.Image, rng: np.random.Generator, size: int | None = None) -> Image.Image:
+        """PIL "L" -> augmented PIL "L": ``size`` x ``size`` when given (the crop is resized to it, as a random
+        resized crop), else the crop's own size (the processor resizes afterwards).
+
+        Crop, rotation, translation and the resize are one affine resampling (one bilinear pass over the
+        output pixels instead of a rotation of the crop and a resize of the result).
+        """
+        width, height = image.size
+        crop_w, crop_h, left, top = self._crop_box(width, height, rng)
+        angle, shift = 0.0, (0.0, 0.0)
         if self.rotate_deg or self.translate:
             angle = float(rng.uniform(-self.rotate_deg, self.rotate_deg))
-            shift = rng.uniform(-self.translate, self.translate, size=2) * np.array(image.size)
-            image = image.rotate(angle, resample=Image.Resampling.BILINEAR, translate=tuple(shift.round().astype(int)),
-                                 fillcolor=0)
+            shift = tuple((rng.uniform(-self.translate, self.translate, size=2) * (crop_w, crop_h)).round())
+        out_w, out_h = (size, size) if size else (crop_w, crop_h)
+        scale_x, scale_y = crop_w / out_w, crop_h / out_h
+        reduce = math.floor(min(scale_x, scale_y) + 0.5)
+        if reduce >= 2:  # shrinking 1.5x or more: box-reduce first (bilinear sampling alone would alias)
+            image = image.reduce(reduce)
+        matrix = _affine_to_source(out_w, out_h, scale_x, scale_y, angle, shift,
+                                   (left + crop_w / 2, top + crop_h / 2), max(reduce, 1))
+        image = image.transform((out_w, out_h), Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR,
+                                fillcolor=0)
         image = image.point(self._intensity_table(rng))
         if self.hflip and rng.random() < self.hflip:
             image = ImageOps.mirror(image)
         return image
 
-    def _crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        width, height = image.size
+    def _crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(crop width, crop height, left, top) of a random crop keeping ``scale`` of the area."""
         area = width * height * rng.uniform(*self.scale)
         aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
         crop_w = min(width, max(1, round(math.sqrt(area * aspect))))
         crop_h = min(height, max(1, round(math.sqrt(area / aspect))))
         left = int(rng.integers(0, width - crop_w + 1))
         top = int(rng.integers(0, height - crop_h + 1))
-        return image.crop((left, top, left + crop_w, top + crop_h))
+        return crop_w, crop_h, left, top
 
     def _intensity_table(self, rng: np.random.Generator) -> list[int]:
         """A 256-entry lookup table: gamma, then contrast around mid-grey, then brightness."""
@@ -79,6 +94,21 @@ class CxrAugment:
         x = np.linspace(0.0, 1.0, 256) ** gamma
         x = (x - 0.5) * contrast + 0.5 + brightness
         return np.clip(np.rint(x * 255.0), 0, 255).astype(int).tolist()
+
+
+def _affine_to_source(out_w: int, out_h: int, scale_x: float, scale_y: float, angle_deg: float,
+                      shift: tuple[float, float], centre: tuple[float, float], reduce: int) -> tuple[float, ...]:
+    """Coefficients (a, b, c, d, e, f) mapping an output pixel (x, y) to the source pixel (a x + b y + c,
+    d x + e y + f), as ``Image.transform(AFFINE)`` wants: the output centre lands on ``centre`` (source
+    pixels) moved back by ``shift``, output pixels are ``scale`` source pixels wide, the content turns
+    ``angle_deg`` counter-clockwise (as ``Image.rotate``), and the source was box-reduced by ``reduce``."""
+    phi = -math.radians(angle_deg)
+    cos, sin = math.cos(phi), math.sin(phi)
+    u0 = -out_w / 2 * scale_x - shift[0]  # source offset from the centre of output pixel (0, 0) before rotation
+    v0 = -out_h / 2 * scale_y - shift[1]
+    coefficients = (cos * scale_x, sin * scale_y, cos * u0 + sin * v0 + centre[0],
+                    -sin * scale_x, cos * scale_y, -sin * u0 + cos * v0 + centre[1])
+    return tuple(c / reduce for c in coefficients)
 
 
 def entity_index(dataset_entities: Sequence[str], model_entities: Sequence[str]) -> np.ndarray:
@@ -105,12 +135,14 @@ class CxrDataset(torch.utils.data.Dataset):
         dataset_entities / model_entities: label order of the dataset / of the model's config.
         draft_size: decode at reduced resolution, never below this (pixels per side).
         augment: a :class:`CxrAugment`, or None for evaluation.
+        augment_size: side of the augmented image (the processor's size: the augmentation's one resampling
+            then also does the resize, and the processor's resize is a no-op); None keeps the crop's size.
         seed: base of the per-sample augmentation generators.
     """
 
     def __init__(self, rows: Any, image_root: Path, to_pixels: Callable[[Image.Image], torch.Tensor],
                  dataset_entities: Sequence[str], model_entities: Sequence[str], *, draft_size: int | None = None,
-                 augment: CxrAugment | None = None, seed: int = 0) -> None:
+                 augment: CxrAugment | None = None, augment_size: int | None = None, seed: int = 0) -> None:
         missing = [c for c in ARROW_COLUMNS if c not in rows.column_names]
         if missing:
             raise ValueError(f"dataset lacks column(s) {', '.join(missing)} (not a prepare-data split?)")
@@ -120,6 +152,7 @@ class CxrDataset(torch.utils.data.Dataset):
         self.label_index = entity_index(dataset_entities, model_entities)
         self.draft_size = draft_size
         self.augment = augment
+        self.augment_size = augment_size
         self.seed = seed
         self.epoch = 0
 
@@ -140,7 +173,7 @@ class CxrDataset(torch.utils.data.Dataset):
         row = self.rows[int(index)]
         image = load_image(self.image_root / row["image_path"], draft_size=self.draft_size)
         if self.augment is not None:
-            image = self.augment(image, np.random.default_rng([self.seed, self.epoch, int(index)]))
+            image = self.augment(image, np.random.default_rng([self.seed, self.epoch, int(index)]), self.augment_size)
         return {"pixel_values": self.to_pixels(image), "labels": self.labels_for(row["labels"]),
                 "report_text": row["report_text"], "index": int(index)}
 
@@ -170,12 +203,29 @@ class _ProcessorPixels:
         return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
 
+WORKER_NICENESS = 5
+
+
+def lower_worker_priority(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers yield to the training process when the cores are all busy.
+
+    The training step runs on a team of OpenMP threads that meet at a barrier after every operator; a worker
+    that takes a core from one of them stalls the whole team. Niced workers still get every idle cycle (and
+    all of a many-core GPU host), so the prefetch queue stays full unless the loader is the bottleneck.
+    """
+    if hasattr(os, "nice"):
+        try:
+            os.nice(WORKER_NICENESS)
+        except OSError:  # not permitted in this sandbox: run at normal priority
+            pass
+
+
 def make_dataloader(dataset: CxrDataset, batch_size: int, *, shuffle: bool, workers: int = 0, seed: int = 0,
                     drop_last: bool = False, prefetch_factor: int = 4) -> torch.utils.data.DataLoader:
     """A DataLoader with a seeded sampler generator (Accelerate's seedable sampler re-seeds it per epoch)."""
     generator = torch.Generator()
     generator.manual_seed(seed)
-    extra = {"prefetch_factor": prefetch_factor} if workers > 0 else {}
+    extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": lower_worker_priority} if workers > 0 else {}
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
         drop_last=drop_last, generator=generator, persistent_workers=False, pin_memory=torch.cuda.is_available(),

@@ -126,6 +126,8 @@ class DevideImageProcessor(ImageProcessingMixin):
         height, width = grey.shape
         if height == 0 or width == 0:
             raise ValueError("empty image")
+        if height == width == self.size:
+            return np.clip(grey, 0.0, 1.0)  # what the resize below gives at the same size: a copy
         picture = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32))  # mode "F"
         if self.center_crop:
             scale = self.size / min(height, width)

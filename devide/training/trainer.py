@@ -305,7 +305,8 @@ class Trainer:
         augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
         self.train_rows = splits[cfg.train_split]
         self.train_set = CxrDataset(self.train_rows, image_root, to_pixels, dataset_entities, self.entities,
-                                    draft_size=processor.size, augment=augment, seed=cfg.seed)
+                                    draft_size=processor.size, augment=augment, augment_size=processor.size,
+                                    seed=cfg.seed)
         train_loader = make_dataloader(self.train_set, cfg.batch_size, shuffle=True, workers=cfg.workers,
                                        seed=cfg.seed, drop_last=True)
         self.validation = None

@@ -93,3 +93,33 @@ def test_workers_give_the_same_batches_as_the_main_process(prepared):
     forked = list(make_dataloader(dataset, 2, shuffle=True, workers=2, seed=5))
     assert [b["index"].tolist() for b in plain] == [b["index"].tolist() for b in forked]
     assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(plain, forked))
+
+
+def _gradient_image(size: int = 96) -> Image.Image:
+    ramp = np.linspace(0, 255, size)
+    return Image.fromarray((ramp[None, :] * 0.6 + ramp[:, None] * 0.4).astype(np.uint8))
+
+
+def test_one_affine_pass_matches_crop_then_rotate():
+    """The fused resampling is the crop rotated and shifted as Image.rotate does (same draws, same pixels)."""
+    image = _gradient_image()
+    augment = CxrAugment(brightness=0.0, contrast=0.0, gamma=(1.0, 1.0))
+    fused = np.asarray(augment(image, np.random.default_rng(4)), dtype=float)
+    rng = np.random.default_rng(4)
+    width, height, left, top = augment._crop_box(*image.size, rng)
+    angle = float(rng.uniform(-augment.rotate_deg, augment.rotate_deg))
+    shift = (rng.uniform(-augment.translate, augment.translate, size=2) * (width, height)).round().astype(int)
+    expected = image.crop((left, top, left + width, top + height)).rotate(
+        angle, resample=Image.Resampling.BILINEAR, translate=tuple(shift), fillcolor=0)
+    assert fused.shape == (height, width)
+    assert np.percentile(np.abs(fused - np.asarray(expected, dtype=float)), 99) <= 1.0
+
+
+def test_augment_size_resizes_the_crop_and_box_reduces_large_shrinks():
+    image = _gradient_image(256)
+    plain = CxrAugment(rotate_deg=0.0, translate=0.0, brightness=0.0, contrast=0.0, gamma=(1.0, 1.0))
+    out = plain(image, np.random.default_rng(0), size=32)
+    width, height, left, top = plain._crop_box(256, 256, np.random.default_rng(0))
+    expected = image.crop((left, top, left + width, top + height)).resize((32, 32), Image.Resampling.BOX)
+    assert out.size == (32, 32)
+    assert np.abs(np.asarray(out, dtype=float) - np.asarray(expected, dtype=float)).mean() < 2.0
