@@ -240,17 +240,22 @@ def _upsample_axis(a: np.ndarray, factor: int, axis: int) -> np.ndarray:
     shape = list(a.shape)
     shape[axis] *= factor
     out = np.empty(shape, np.float32)
+    weighted: dict[float, np.ndarray] = {}  # padded * weight, shared by the phases that use the same weight
+
+    def times(weight: float) -> np.ndarray:
+        if weight not in weighted:
+            weighted[weight] = padded * np.float32(weight)
+        return weighted[weight]
+
+    def shifted(b: np.ndarray, start: int) -> np.ndarray:
+        return b[start:start + n] if axis == 0 else b[:, start:start + n]
+
     for phase in range(factor):
         position = (phase + 0.5) / factor - 0.5  # where this output pixel falls, relative to its source pixel
         base = math.floor(position)  # its left neighbour: -1 (the one before) or 0 (itself)
-        weight = np.float32(position - base)
-        if axis == 0:
-            left, right, target = padded[base + 1:base + 1 + n], padded[base + 2:base + 2 + n], out[phase::factor]
-        else:
-            left, right = padded[:, base + 1:base + 1 + n], padded[:, base + 2:base + 2 + n]
-            target = out[:, phase::factor]
-        np.multiply(right, weight, out=target)
-        target += left * (np.float32(1.0) - weight)
+        weight = position - base
+        target = out[phase::factor] if axis == 0 else out[:, phase::factor]
+        np.add(shifted(times(weight), base + 2), shifted(times(1.0 - weight), base + 1), out=target)
     return out
 
 
@@ -319,19 +324,22 @@ def blob(res: int, cu: float, cv: float, ru: float, rv: float | None = None, pow
     r0, r1 = max(0, int((cv - reach) * res)), min(res, int((cv + reach) * res) + 1)
     if c0 >= c1 or r0 >= r1:
         return out
-    uu, vv = grid(res)
-    du = uu[r0:r1, c0:c1] - np.float32(cu)
-    dv = vv[r0:r1, c0:c1] - np.float32(cv)
+    # offsets along each axis ([w] and [h]), combined by broadcasting: the grid's values without its 2-D passes
+    du = axis(res)[c0:c1] - np.float32(cu)
+    dv = axis(res)[r0:r1] - np.float32(cv)
     ca, sa = math.cos(angle), math.sin(angle)
-    x = (np.float32(ca / ru) * du + np.float32(sa / ru) * dv)
-    y = (np.float32(-sa / rv) * du + np.float32(ca / rv) * dv)
-    r2 = x * x + y * y
+    x = (np.float32(ca / ru) * du)[None, :] + (np.float32(sa / ru) * dv)[:, None]
+    y = (np.float32(-sa / rv) * du)[None, :] + (np.float32(ca / rv) * dv)[:, None]
+    r2 = x * x
+    r2 += y * y
+    window = out[r0:r1, c0:c1]
     if power == 2.0:
-        out[r0:r1, c0:c1] = np.exp(-r2)
+        np.exp(np.negative(r2, out=r2), out=window)
     else:  # a table lookup: a fractional power and an exp per pixel cost several times more
         table, per_unit = _blob_table(power)
-        index = np.minimum(r2 * np.float32(per_unit), np.float32(table.size - 1)).astype(np.int32)
-        out[r0:r1, c0:c1] = table[index]
+        r2 *= np.float32(per_unit)
+        index = np.minimum(r2, np.float32(table.size - 1), out=np.empty(r2.shape, np.int32), casting="unsafe")
+        np.take(table, index, out=window)
     return out
 
 
