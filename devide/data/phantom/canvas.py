@@ -157,11 +157,12 @@ def gaussian(a: np.ndarray, sigma: float, edges: str = "extend") -> np.ndarray:
 
 def _blur_zero(a: np.ndarray, taps: np.ndarray) -> np.ndarray:
     reach = taps.size // 2
+    weighted = np.empty(a.shape, np.result_type(a, taps))
     for axis in (0, 1):
         out = a * taps[reach]
         n = a.shape[axis]
         for k in range(1, min(reach, n - 1) + 1):
-            weighted = taps[reach + k] * a  # symmetric taps: one product serves the pixel k before and k after
+            np.multiply(a, taps[reach + k], out=weighted)  # symmetric taps: one product serves k before and after
             if axis == 0:
                 out[k:] += weighted[:-k]
                 out[:-k] += weighted[k:]
@@ -197,7 +198,7 @@ def soft(img: Image.Image, radius_px: float, scale: float = 1.0 / 255.0) -> np.n
         edges = "extend" if touches_border else "zero"
         blur_window = half_res_gaussian if radius_px >= HALF_RES_BLUR else gaussian
         window = blur_window(window, radius_px, edges)
-    out[y0:y1, x0:x1] = window * scale
+    np.multiply(window, np.float32(scale), out=out[y0:y1, x0:x1])
     return out
 
 
