@@ -390,7 +390,14 @@ def _branch(draw: ImageDraw.ImageDraw, noise, res: int, u: float, v: float, s: f
     dv = math.sin(angle) * length
     end = (u + du, v + dv)
     mid = (u + du * 0.5 + 0.005 * noise(), v + dv * 0.5 + 0.005 * noise())
-    canvas.draw_polyline(draw, [(u, v), mid, end], res, width, int(255 * 0.8 ** (3 - depth)))
+    # canvas.draw_polyline inlined (a patient's trees are a few hundred strokes)
+    px = max(1, round(width * res))
+    pts = [(u * res, v * res), (mid[0] * res, mid[1] * res), (end[0] * res, end[1] * res)]
+    value = int(255 * 0.8 ** (3 - depth))
+    if px < 3:
+        draw.line(pts, fill=value, width=px)
+    else:
+        draw.polygon(canvas.stroke_outline(pts, px / 2.0), fill=value)
     if depth == 0:
         return
     for turn in (-1.0, 1.0):
