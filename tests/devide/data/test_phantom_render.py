@@ -149,3 +149,39 @@ def test_integer_upsampling_matches_pillow_bilinear():
     pillow = np.asarray(Image.fromarray(image).resize((106, 74), Image.BILINEAR), dtype=int)
     ours = (upsample2(image).astype(int) + 8) // 16
     assert np.abs(pillow - ours).max() <= 1
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_numpy_upsampling_matches_pillow_bilinear(factor):
+    from devide.data.phantom.canvas import upsample
+
+    for shape in [(37, 53), (1, 3), (64, 64)]:
+        image = np.random.default_rng(2).random(shape).astype(np.float32)
+        pillow = np.asarray(Image.fromarray(image, mode="F").resize((shape[1] * factor, shape[0] * factor),
+                                                                    Image.BILINEAR))
+        ours = upsample(image, factor)
+        assert ours.shape == pillow.shape and ours.dtype == np.float32
+        assert np.abs(ours - pillow).max() < 1e-6
+
+
+@pytest.mark.parametrize("edges", ["extend", "zero"])
+def test_half_resolution_blur_matches_the_full_blur_of_an_edge(edges):
+    """The wide soft edges (body outline) are blurred at half resolution: close to the full-resolution Gaussian
+    of the same width, odd sizes included."""
+    from devide.data.phantom.canvas import gaussian, half_res_gaussian
+
+    drawing = np.zeros((61, 47), np.float32)
+    drawing[12:50, 9:30] = 255.0  # a block with a zero margin wider than the blur's reach
+    drawing[30:50, 30:38] = 255.0
+    full, half = gaussian(drawing, 2.0, edges), half_res_gaussian(drawing, 2.0, edges)
+    assert half.shape == full.shape
+    assert np.abs(half - full).max() < 0.05 * 255  # within 5 % of the edge step
+    assert abs(float(half.sum()) - float(full.sum())) < 0.01 * float(full.sum())  # no density lost or gained
+
+
+def test_stroke_outlines_with_several_widths_equal_one_width_at_a_time():
+    from devide.data.phantom.canvas import stroke_outlines
+
+    lines = np.random.default_rng(3).random((4, 6, 2))
+    both = stroke_outlines(lines, 256, (0.02, 0.009))
+    assert both == [stroke_outlines(lines, 256, 0.02), stroke_outlines(lines, 256, 0.009)]
