@@ -122,6 +122,22 @@ def test_bce_masking_through_the_model(model, pixels):
     model.zero_grad(set_to_none=True)
 
 
+def test_unmentioned_weight_gives_not_mentioned_pairs_a_gradient_towards_absent(model, pixels):
+    model.config.unmentioned_weight = 0.5
+    try:
+        out = model(pixels, labels=LABELS, report_texts=REPORTS)
+        out.logits.retain_grad()
+        out.loss_bce.backward()
+    finally:
+        model.config.unmentioned_weight = 0.0
+        model.zero_grad(set_to_none=True)
+    not_mentioned = LABELS == -100
+    assert torch.all(out.logits.grad[not_mentioned] > 0)  # d BCE(target 0) / d logit = sigmoid > 0
+    assert torch.all(out.logits.grad[LABELS == -1] == 0)
+    with pytest.raises(ValueError, match="unmentioned_weight"):
+        DevideConfig(**SMALL, unmentioned_weight=1.5)
+
+
 def _assert_every_trainable_module_gets_gradient(model: DevideModel) -> None:
     missing = [name for name, p in model.named_parameters()
                if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
