@@ -236,3 +236,22 @@ def test_bad_config_is_one_line_error(tmp_path):
         load_config(PhantomConfig, overrides={"size": 10})
     with pytest.raises(ConfigError, match="granuloma"):
         load_config(PhantomConfig, overrides={"unseen": ["granuloma"]})
+
+
+def test_normal_studies_carry_pertinent_negatives_of_every_kind():
+    """Negations are not reserved for sick patients: a normal study's report can say "no pneumonia" or "no
+    mass" (with a fixed negation order it never did, and the model learned pneumonia = abnormal)."""
+    from devide.data.phantom.case import Case
+    from devide.data.phantom.reports import write_report
+
+    spec = load_spec()
+    rng = np.random.default_rng(0)
+    negated: dict[str, int] = {}
+    for seed in range(300):
+        report = write_report(Case(seed), spec, rng, unmentionable=set())
+        for entity, status in report.mentions().items():
+            if status == 0:
+                negated[entity] = negated.get(entity, 0) + 1
+    for entity in ("pneumonia", "edema", "mass", "nodule", "atelectasis", "pneumothorax"):
+        assert negated.get(entity, 0) >= 5, (entity, negated)
+    assert negated["pneumothorax"] > negated["mass"]  # common negations stay the common ones
