@@ -284,4 +284,5 @@ STAGE = Stage(
     help="collect radiographic descriptions with Scrapy (polite by default; fixture: true crawls the local fixture site)",
     input_fields=("vocabulary", "selectors"),
     volatile_fields=("cache_dir",),
+    code=("crawlers", "knowledge"),
 )

@@ -477,4 +477,5 @@ STAGE = Stage(
     run=run_push,
     help="push a trained model with its model card to the Hub (or --dry-run into a folder)",
     input_fields=("model", "eval_results", "knowledge", "training"),
+    code=("devide.hub",),
 )

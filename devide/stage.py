@@ -7,7 +7,9 @@ A :class:`Stage` is executed by :func:`execute_stage`:
   a half-written artifact that looks complete;
 * ``config.resolved.yaml`` (secrets redacted) and ``manifest.json`` (input content hashes, config hash,
   package versions, timings, counts, status) are written beside the outputs, with ``stage.log``;
-* when the inputs and config are unchanged and the manifest says ``complete``, the stage is skipped.
+* when the inputs, the config and the stage's code are unchanged and the manifest says ``complete``, the
+  stage is skipped (editing the code behind a stage, or upgrading devide, reruns it: stale results are never
+  reused silently).
 """
 
 from __future__ import annotations
@@ -81,12 +83,21 @@ class Stage:
     """Config fields holding input paths (files or folders); their content fingerprints enter the manifest."""
     volatile_fields: tuple[str, ...] = ()
     """Config fields that do not change the result (e.g. worker count): excluded from the config hash."""
+    code: tuple[str, ...] = ()
+    """Packages or modules (dotted names) whose files decide the result: their content enters the fingerprint.
+    Empty: the package of the run function."""
 
     def run_function(self) -> RunFn:
         if not isinstance(self.run, str):
             return self.run
         module_name, _, attr = self.run.partition(":")
         return getattr(import_module(module_name), attr)
+
+    def code_modules(self) -> tuple[str, ...]:
+        if self.code:
+            return self.code
+        module = self.run.partition(":")[0] if isinstance(self.run, str) else self.run.__module__
+        return (module.rpartition(".")[0] or module,)
 
     def input_paths(self, cfg: StageConfig) -> dict[str, list[Path]]:
         paths: dict[str, list[Path]] = {}
@@ -139,6 +150,38 @@ def fingerprint_path(path: Path) -> str:
     return "tree:" + digest.hexdigest()
 
 
+def _code_files(name: str) -> tuple[Path, list[Path]]:
+    """(folder, files) of package ``name`` (every file below it but bytecode) or of module ``name``; found
+    without importing it (only its parent packages are imported)."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        origin = getattr(sys.modules.get(name), "__file__", None)  # e.g. a script's __main__
+        return (Path(origin).parent, [Path(origin)]) if origin else (Path(), [])
+    origin = Path(spec.origin)
+    if not spec.submodule_search_locations:
+        return origin.parent, [origin]
+    folder = origin.parent
+    return folder, sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix not in (".pyc", ".pyo")
+                          and not any(part == "__pycache__" or part.startswith(".")
+                                      for part in p.relative_to(folder).parts))
+
+
+def code_fingerprint(names: tuple[str, ...]) -> str:
+    """sha256 over the relative paths and contents of the code behind a stage (a few hundred kB: ms)."""
+    digest = hashlib.sha256()
+    for name in sorted(set(names)):
+        folder, files = _code_files(name)
+        for path in files:
+            digest.update(f"{name}:{path.relative_to(folder).as_posix()}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def hash_outputs(folder: Path) -> str:
     """Content hash of every file the stage wrote (manifest and log excluded)."""
     digest = hashlib.sha256()
@@ -189,6 +232,7 @@ def stage_fingerprint(stage: Stage, cfg: StageConfig) -> dict[str, Any]:
         "stage": stage.name,
         "config_hash": config_hash(cfg, exclude=("out", *stage.volatile_fields)),
         "inputs": inputs,
+        "code_hash": code_fingerprint(stage.code_modules()),
     }
 
 

@@ -128,4 +128,5 @@ STAGE = Stage(
     run=run_report,
     help="gather a pipeline's zero-shot and fine-tuning results into one report",
     input_fields=("evaluations", "finetune", "push"),
+    code=("pipelines.report", "devide.evaluation.report"),
 )

@@ -488,4 +488,5 @@ STAGE = Stage(
     help="build the image-report-label dataset from a MIMIC-CXR-JPG style root, rejecting bad files",
     input_fields=("root", "reports_root", "vocabulary"),
     volatile_fields=("workers",),
+    code=("devide.data.prepare", "devide.data.image_io", "knowledge"),
 )

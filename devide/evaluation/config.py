@@ -57,4 +57,6 @@ STAGE = Stage(
          "subgroup gaps, report with plots",
     input_fields=("model", "root", "knowledge", "descriptions", "vocabulary"),
     volatile_fields=("batch_size", "num_workers", "device", "cache_dir"),
+    code=("devide.evaluation", "devide.modeling", "devide.data.adapters", "devide.data.image_io",
+          "knowledge"),
 )

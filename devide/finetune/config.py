@@ -134,4 +134,6 @@ STAGE = Stage(
     help="fine-tune the image tower for classification or segmentation with 1/10/100 % of the labels",
     input_fields=("model", "root", "selection"),
     volatile_fields=VOLATILE_FIELDS,
+    code=("devide.finetune", "devide.training", "devide.modeling", "devide.evaluation",
+          "devide.data.adapters", "devide.data.loading", "devide.data.image_io", "knowledge"),
 )

@@ -23,4 +23,5 @@ STAGE = Stage(
     help="pretrain the DeViDe model with Accelerate (use `accelerate launch -m devide train` for many GPUs)",
     input_fields=("dataset", "knowledge", "vocabulary", "init_from"),
     volatile_fields=VOLATILE_FIELDS,
+    code=("devide.training", "devide.modeling", "devide.data.loading", "devide.data.image_io", "knowledge"),
 )

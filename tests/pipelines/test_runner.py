@@ -125,6 +125,36 @@ def test_same_output_does_not_cascade(tmp_path):
     assert CALLS == ["make"]
 
 
+def test_code_change_reruns_the_stage(tmp_path, monkeypatch):
+    """Editing the code a stage declares reruns it; its unchanged output leaves the rest up to date."""
+    package = tmp_path / "code" / "stagecode_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("SCALE = 1\n")
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "helper.cpython.pyc").write_bytes(b"bytecode")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    registry = {**REGISTRY, "make": Stage("make", MakeConfig, make_value, code=("stagecode_pkg",))}
+    path = write_pipeline(tmp_path)
+    run_pipeline(path, registry=registry)
+    (package / "__pycache__" / "helper.cpython.pyc").write_bytes(b"other bytecode")  # not code: no rerun
+    assert set(statuses(run_pipeline(path, registry=registry)).values()) == {"skipped"}
+    (package / "helper.py").write_text("SCALE = 1  # edited\n")
+    CALLS.clear()
+    report = run_pipeline(path, registry=registry)
+    assert statuses(report) == {"first": "complete", "second": "skipped", "third": "skipped"}
+    assert CALLS == ["make"]
+
+
+def test_code_fingerprint_covers_a_package_or_a_single_module():
+    from devide.stage import code_fingerprint
+
+    assert code_fingerprint(("devide.data.phantom",)) != code_fingerprint(("devide.data.phantom.render",))
+    assert code_fingerprint(("devide.hub",)) == code_fingerprint(("devide.hub", "devide.hub"))
+    default = Stage("make", MakeConfig, make_value)
+    assert default.code_modules() == ("tests.pipelines",)
+
+
 def test_force_from_until(tmp_path):
     path = write_pipeline(tmp_path)
     report = run_pipeline(path, until="second", registry=REGISTRY)
