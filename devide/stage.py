@@ -6,7 +6,7 @@ A :class:`Stage` is executed by :func:`execute_stage`:
   resume from it) and renamed into place only when the stage returns, so an interrupted stage never leaves
   a half-written artifact that looks complete;
 * ``config.resolved.yaml`` (secrets redacted) and ``manifest.json`` (input content hashes, config hash,
-  package versions, timings, counts, status) are written beside the outputs, with ``stage.log``;
+  code hash, package versions, timings, counts, status) are written beside the outputs, with ``stage.log``;
 * when the inputs, the config and the stage's code are unchanged and the manifest says ``complete``, the
   stage is skipped (editing the code behind a stage, or upgrading devide, reruns it: stale results are never
   reused silently).
