@@ -147,11 +147,14 @@ def gaussian(a: np.ndarray, sigma: float, edges: str = "extend") -> np.ndarray:
     """
     if sigma <= 0:
         return a.astype(np.float32, copy=True)
-    taps = gaussian_taps(round(float(sigma), 4))
-    reach = taps.size // 2
+    return _blur(a, gaussian_taps(round(float(sigma), 4)), edges)
+
+
+def _blur(a: np.ndarray, taps: np.ndarray, edges: str) -> np.ndarray:
+    """Separable blur of ``a`` ``[h, w]`` with symmetric ``taps``; ``edges`` as in :func:`gaussian`."""
     if edges == "extend":
-        padded = np.pad(a, reach, mode="edge")
-        return _blur_zero(padded, taps)[reach:-reach, reach:-reach]
+        reach = taps.size // 2
+        return _blur_zero(np.pad(a, reach, mode="edge"), taps)[reach:-reach, reach:-reach]
     return _blur_zero(a, taps)
 
 
@@ -219,12 +222,7 @@ def half_res_gaussian(a: np.ndarray, sigma: float, edges: str = "extend") -> np.
         a = np.pad(a, ((0, h % 2), (0, w % 2)), mode="edge")
     small = np.asarray(Image.fromarray(a, mode="F").reduce(2))
     half_sigma = math.sqrt(max(sigma * sigma - _RESAMPLING_VARIANCE, 0.25)) / 2.0
-    taps = gaussian_taps(round(half_sigma, 4), math.ceil(2.5 * half_sigma))
-    reach = taps.size // 2
-    if edges == "extend":
-        small = _blur_zero(np.pad(small, reach, mode="edge"), taps)[reach:-reach, reach:-reach]
-    else:
-        small = _blur_zero(small, taps)
+    small = _blur(small, gaussian_taps(round(half_sigma, 4), math.ceil(2.5 * half_sigma)), edges)
     return upsample(small, 2)[:h, :w]
 
 
