@@ -170,8 +170,7 @@ class CxrDataset(torch.utils.data.Dataset):
         return torch.from_numpy(picked)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.rows[int(index)]
-        return self._item(int(index), row["image_path"], row["labels"], row["report_text"])
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """A batch's items with one Arrow read for all its rows (the DataLoader calls this when it exists)."""
