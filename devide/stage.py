@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import import_module, metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,6 @@ def fingerprint_path(path: Path) -> str:
 def _code_files(name: str) -> tuple[Path, list[Path]]:
     """(folder, files) of package ``name`` (every file below it but bytecode) or of module ``name``; found
     without importing it (only its parent packages are imported)."""
-    from importlib.util import find_spec
-
     try:
         spec = find_spec(name)
     except (ImportError, ValueError):
