@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from transformers.image_processing_base import BatchFeature, ImageProcessingMixin
+from transformers.image_processing_base import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.processing_utils import ImagesKwargs
 
 # Grey value x in [0, 1] -> (x - 0.5) / 0.25. Chest radiographs (8-bit JPEG exports such as MIMIC-CXR-JPG)
 # have a mean grey level near the middle of the range and a wide spread; set image_mean/image_std to your
@@ -67,9 +69,23 @@ def _array_to_grey(array: np.ndarray) -> np.ndarray:
     return array.mean(-1) if array.ndim == 3 else array
 
 
-class DevideImageProcessor(ImageProcessingMixin):
-    """Chest-radiograph image processor. ``processor(images, return_tensors="pt")["pixel_values"]``: [B, C, S, S]."""
+class DevideImageProcessorKwargs(ImagesKwargs, total=False):
+    """The keys this processor adds to transformers' ``ImagesKwargs`` (``size``, ``image_mean``, ``image_std`` and
+    ``resample`` are inherited). transformers' contract for custom processors: every constructor key must be
+    declared in ``valid_kwargs``, which ``from_dict`` reads when loading a saved processor."""
 
+    num_channels: int
+    center_crop: bool
+    per_image_standardize: bool
+
+
+class DevideImageProcessor(BaseImageProcessor):
+    """Chest-radiograph image processor. ``processor(images, return_tensors="pt")["pixel_values"]``: [B, C, S, S].
+
+    Subclasses ``BaseImageProcessor`` and declares ``valid_kwargs`` as transformers documents for custom
+    processors; ``preprocess`` is our own (greyscale radiographs, not the RGB backends' pipeline)."""
+
+    valid_kwargs = DevideImageProcessorKwargs
     model_input_names: ClassVar[list[str]] = ["pixel_values"]
 
     def __init__(self, size: int = 224, num_channels: int = 1, image_mean: Sequence[float] | None = None,

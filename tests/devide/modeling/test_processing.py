@@ -72,3 +72,18 @@ def test_bad_input_errors():
         DevideImageProcessor(num_channels=2)
     with pytest.raises(ValueError, match="per channel"):
         DevideImageProcessor(num_channels=3, image_mean=[0.5])
+
+
+def test_every_constructor_key_survives_save_and_load_and_overrides(tmp_path):
+    """transformers' custom-processor contract (``valid_kwargs``): non-default values of every key round-trip,
+    and keys passed to ``from_pretrained`` override the saved ones (5.25 reads ``valid_kwargs`` there)."""
+    processor = DevideImageProcessor(size=32, num_channels=3, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4],
+                                     resample="bicubic", center_crop=False, per_image_standardize=True)
+    processor.save_pretrained(tmp_path)
+    loaded = DevideImageProcessor.from_pretrained(tmp_path)
+    for key in ("size", "num_channels", "image_mean", "image_std", "resample", "center_crop", "per_image_standardize"):
+        assert getattr(loaded, key) == getattr(processor, key), key
+    resized = DevideImageProcessor.from_pretrained(tmp_path, size=48, center_crop=True)
+    assert (resized.size, resized.center_crop, resized.num_channels) == (48, True, 3)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 30), dtype=np.uint8))
+    assert resized(image)["pixel_values"].shape == (1, 3, 48, 48)
