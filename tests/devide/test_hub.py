@@ -177,7 +177,7 @@ CRAWLED = {"model": "smollm2-135m-instruct", "prompt": "harmonize_v1@abc123", "s
 def harmonize_artifact(folder: Path, report_sentence: str) -> Path:
     from knowledge.base import write_knowledge_base
 
-    folder.mkdir()
+    folder.mkdir(parents=True)
     rows = [("definition", "definition", "Air in the pleural space.", {}),
             ("description", "location", "A visceral pleural line at the apex.", CRAWLED),
             ("report", "location", report_sentence, {})]
@@ -189,22 +189,29 @@ def harmonize_artifact(folder: Path, report_sentence: str) -> Path:
 
 def test_card_lists_crawled_sites_licences_and_llm(model_dir, tmp_path):
     knowledge = harmonize_artifact(tmp_path / "kb", "Right apical pneumothorax.")
+    model_knowledge(model_dir, "A visceral pleural line at the apex.")
     card = (dry_run(model_dir, tmp_path / "dry", knowledge=str(knowledge)) / "README.md").read_text()
     assert "- 127.0.0.1:8000: 2 page(s); licence: CC0-1.0" in card
     assert '"models": ["smollm2-135m-instruct"], "prompts": ["harmonize_v1@abc123"]' in card
 
 
+def model_knowledge(model_dir: Path, *sentences: str) -> None:
+    (model_dir / "knowledge.json").write_text(json.dumps({"pneumothorax": list(sentences)}))
+
+
 def test_report_derived_knowledge_is_refused_unless_allowed(model_dir, tmp_path):
     """Sentences from (possibly credentialed) training reports never leave in knowledge.json by default."""
-    leaked = harmonize_artifact(tmp_path / "kb-leak", "A visceral pleural line.")  # also in the model's knowledge
+    leaked = harmonize_artifact(tmp_path / "kb-leak", "Large right pneumothorax.")
+    model_knowledge(model_dir, "Air in the pleural space.", "Large right pneumothorax.")
     with pytest.raises(StageError, match="derived from training reports"):
         dry_run(model_dir, tmp_path / "d1", knowledge=str(leaked), allow_report_knowledge=False)
     with pytest.raises(StageError, match="--knowledge"):
         dry_run(model_dir, tmp_path / "d2", allow_report_knowledge=False)  # cannot be checked: fail closed
-    clean = harmonize_artifact(tmp_path / "kb-clean", "Right apical pneumothorax.")  # not in the model's knowledge
+    assert (dry_run(model_dir, tmp_path / "d4", knowledge=str(leaked)) / "knowledge.json").is_file()
+    clean = harmonize_artifact(tmp_path / "kb-clean", "Right apical pneumothorax.")
+    model_knowledge(model_dir, "Air in the pleural space.", "A visceral pleural line at the apex.")
     assert (dry_run(model_dir, tmp_path / "d3", knowledge=str(clean), allow_report_knowledge=False)
             / "knowledge.json").is_file()
-    assert (dry_run(model_dir, tmp_path / "d4", knowledge=str(leaked)) / "knowledge.json").is_file()
 
 
 def test_cli_dry_run_and_refusal_exit_codes(model_dir, tmp_path, capsys):
@@ -246,3 +253,157 @@ def test_round_trip_from_the_dry_run_folder_reproduces_predictions(tmp_path):
         expected, got = model.predict(pixels, entities=entities), loaded.predict(pixels, entities=entities)
     torch.testing.assert_close(got.probs, expected.probs, rtol=0, atol=0)
     torch.testing.assert_close(got.grounding, expected.grounding, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- hardening (issue 19)
+
+
+def artifact(folder: Path, stage: str, **inputs: Path) -> Path:
+    """A complete artifact folder whose manifest names ``inputs`` with their real fingerprints."""
+    from devide.stage import fingerprint_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "stage": stage, "status": "complete", "output_hash": f"{stage}-{folder.name}",
+        "inputs": {k: [{"path": str(v), "hash": fingerprint_path(v)}] for k, v in inputs.items()}}))
+    return folder
+
+
+def train_artifact(tmp_path: Path, model_dir: Path, knowledge: Path, dataset: Path | None = None) -> Path:
+    """T/ with T/model (the fixture model moved in) and a manifest naming the knowledge it was trained with."""
+    folder = tmp_path / "train"
+    folder.mkdir()
+    model_dir.rename(folder / "model")
+    extra = {"dataset": dataset} if dataset is not None else {}
+    return artifact(folder, "train", knowledge=knowledge, **extra)
+
+
+def test_push_refuses_knowledge_other_than_the_one_trained_with(model_dir, tmp_path):
+    """Issue 19.1: --knowledge R while the train manifest names H (with reports) staged H's report sentences."""
+    trained_with = harmonize_artifact(tmp_path / "H", "Large right pleural effusion.")
+    other = harmonize_artifact(tmp_path / "R", "Right apical pneumothorax.")
+    model_knowledge(model_dir, "Air in the pleural space.", "Large right pleural effusion.")
+    train = train_artifact(tmp_path, model_dir, trained_with)
+    base = {"model": str(train / "model"), "training": str(train), "allow_report_knowledge": False}
+    with pytest.raises(StageError, match="not the knowledge the model was trained with"):
+        dry_run(train / "model", tmp_path / "d1", **{**base, "knowledge": str(other)})
+    # The default is the knowledge the train manifest names (verified by hash): its report sentence is found.
+    with pytest.raises(StageError, match="1 sentence\\(s\\) derived from training reports"):
+        dry_run(train / "model", tmp_path / "d2", **base)
+    with pytest.raises(StageError, match="derived from training reports"):
+        dry_run(train / "model", tmp_path / "d3", **{**base, "training": None})  # found from T/model alone
+    # H changed since training: its hash no longer matches, so nothing verifiable is left: fail closed.
+    (trained_with / "knowledge.json").write_text("{}")
+    with pytest.raises(StageError, match="pass --knowledge"):
+        dry_run(train / "model", tmp_path / "d4", **base)
+
+
+def test_push_without_a_train_manifest_checks_the_sentences_themselves(model_dir, tmp_path):
+    """A model folder alone, with an artifact that lacks its report sentences: the content check refuses."""
+    other = harmonize_artifact(tmp_path / "R", "Right apical pneumothorax.")
+    model_knowledge(model_dir, "Air in the pleural space.", "Large right pleural effusion.")
+    with pytest.raises(StageError, match="1 sentence\\(s\\) that are not in R"):
+        dry_run(model_dir, tmp_path / "d", knowledge=str(other), allow_report_knowledge=False)
+
+
+def test_staged_files_hold_no_absolute_path_of_this_machine(model_dir, eval_dir, tmp_path, monkeypatch):
+    """Issue 19.3: the card's provenance and eval/*.json held absolute dataset, knowledge and model paths."""
+    monkeypatch.chdir(tmp_path)
+    knowledge = harmonize_artifact(tmp_path / "artifacts" / "harmonize", "Right apical pneumothorax.")
+    dataset = artifact(tmp_path / "artifacts" / "prepare-data", "prepare-data", root=eval_dir)
+    model_knowledge(model_dir, "A visceral pleural line at the apex.")
+    train = train_artifact(tmp_path / "artifacts", model_dir, knowledge, dataset)
+    result = json.loads((eval_dir / "results.json").read_text())
+    (eval_dir / "results.json").write_text(json.dumps({
+        **result, "root": str(tmp_path / "artifacts" / "phantom" / "chestxray14"), "model": str(train / "model"),
+        "rejections": [{"reason": f"cannot read {tmp_path}/artifacts/phantom/x.png"}]}))
+    upload_dir = dry_run(train / "model", tmp_path / "dry", training=str(train), knowledge=str(knowledge),
+                         eval_results=[str(eval_dir)])
+    staged = {p.name: p.read_text(errors="replace") for p in upload_dir.rglob("*") if p.is_file()}
+    assert not [name for name, text in staged.items() if str(tmp_path) in text]
+    staged_eval = json.loads(staged["eval-chestxray14.json"])
+    assert staged_eval["root"] == "artifacts/phantom/chestxray14" and staged_eval["model"] == "artifacts/train/model"
+    assert '"path": "artifacts/harmonize"' in staged["README.md"]
+
+
+def test_push_refuses_outside_symlinks_and_files_whose_content_lies(model_dir, tmp_path):
+    """Issue 19.4: a symlink to a file outside the folder was staged as its copy; a pickle named *.safetensors
+    passed the name check."""
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (model_dir / "special_tokens_map.json").symlink_to(secret)
+    with pytest.raises(StageError, match="special_tokens_map.json \\(symlink leaves the model folder\\)"):
+        dry_run(model_dir, tmp_path / "d1")
+    (model_dir / "special_tokens_map.json").unlink()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (model_dir / "sub").symlink_to(outside)
+    with pytest.raises(StageError, match="sub \\(symlink to .* leaves the model folder\\)"):
+        dry_run(model_dir, tmp_path / "d2")
+    (model_dir / "sub").unlink()
+
+    import pickle
+
+    (model_dir / "extra.safetensors").write_bytes(pickle.dumps({"w": [1, 2, 3]}))
+    with pytest.raises(StageError, match="extra.safetensors \\(not a valid safetensors file"):
+        dry_run(model_dir, tmp_path / "d3")
+    (model_dir / "extra.safetensors").unlink()
+    (model_dir / "tokenizer_config.json").write_bytes(b"\x80\x04\x95 binary")
+    with pytest.raises(StageError, match="tokenizer_config.json \\(not UTF-8 text\\)"):
+        dry_run(model_dir, tmp_path / "d4")
+    (model_dir / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(StageError, match="tokenizer_config.json \\(not valid JSON"):
+        dry_run(model_dir, tmp_path / "d5")
+    (model_dir / "tokenizer_config.json").unlink()
+    (model_dir / "modeling_extra.py").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(StageError, match="modeling_extra.py \\(not UTF-8 text\\)"):
+        dry_run(model_dir, tmp_path / "d6")
+    (model_dir / "modeling_extra.py").unlink()
+    # A link that stays inside the folder is staged as a plain file with the target's content.
+    (model_dir / "special_tokens_map.json").symlink_to(model_dir / "tokenizer.json")
+    upload_dir = dry_run(model_dir, tmp_path / "d7")
+    staged = upload_dir / "special_tokens_map.json"
+    assert not staged.is_symlink() and staged.read_text() == "{}"
+
+
+def phantom_chain(tmp_path: Path, model_dir: Path, eval_dir: Path) -> Path:
+    """phantom -> prepare-data -> train artifacts, as the demo pipeline writes them; returns the train folder."""
+    phantom = artifact(tmp_path / "art" / "phantom", "phantom")
+    (phantom / "mimic").mkdir()
+    prepared = artifact(tmp_path / "art" / "prepare-data", "prepare-data", root=phantom / "mimic")
+    knowledge = harmonize_artifact(tmp_path / "art" / "harmonize", "Right apical pneumothorax.")
+    model_knowledge(model_dir, "A visceral pleural line at the apex.")
+    return train_artifact(tmp_path / "art", model_dir, knowledge, prepared)
+
+
+def test_phantom_card_says_so_and_uses_phantom_dataset_names(model_dir, eval_dir, tmp_path):
+    """Issue 16.16: phantom results were named "chestxray14" in the model-index, with no word of phantom data."""
+    train = phantom_chain(tmp_path, model_dir, eval_dir)
+    result = json.loads((eval_dir / "results.json").read_text())
+    (eval_dir / "results.json").write_text(json.dumps({**result, "phantom": True}))
+    upload_dir = dry_run(train / "model", tmp_path / "dry", training=str(train), eval_results=[str(eval_dir)],
+                         allow_report_knowledge=False)
+    card = ModelCard.load(upload_dir / "README.md")
+    entry = card.data.eval_results[0]
+    assert entry.dataset_type == "phantom-chestxray14"
+    assert entry.dataset_name == "phantom-chestxray14 (synthetic phantom radiographs, not the real dataset)"
+    assert "> **Warning: phantom data.**" in card.text
+    assert "- Trained on: **phantom radiographs** (`phantom mimic`)" in card.text
+    assert "- Evaluated on: `phantom-chestxray14` (test split): **phantom** images" in card.text
+    assert "| phantom-chestxray14 | test | 42 |" in card.text
+    assert "https://github.com/)" not in card.text and "(https://arxiv.org/abs/2404.03618)" in card.text
+
+
+def test_real_data_card_names_its_data_without_a_phantom_warning(model_dir, eval_dir, tmp_path):
+    root = tmp_path / "mimic-cxr-jpg"
+    root.mkdir()
+    prepared = artifact(tmp_path / "art" / "prepare-data", "prepare-data", root=root)
+    knowledge = harmonize_artifact(tmp_path / "art" / "harmonize", "Right apical pneumothorax.")
+    model_knowledge(model_dir, "A visceral pleural line at the apex.")
+    train = train_artifact(tmp_path / "art", model_dir, knowledge, prepared)
+    upload_dir = dry_run(train / "model", tmp_path / "dry", training=str(train), eval_results=[str(eval_dir)],
+                         allow_report_knowledge=False)
+    card = ModelCard.load(upload_dir / "README.md")
+    assert card.data.eval_results[0].dataset_name == "chestxray14"
+    assert "phantom" not in card.text.lower()
+    assert "- Trained on: `mimic-cxr-jpg` (real radiographs" in card.text
