@@ -5,9 +5,12 @@ only 0/1 entries count for a class (uncertain and unlabelled images are excluded
 coerced). ``scores`` is a float array [N, K] of probabilities.
 
 AUC is the Mann–Whitney statistic with ties counted one half (identical to ``sklearn.metrics.roc_auc_score``).
-The bootstrap resamples *images* (the same resample for every class, so macro averages get a CI too); a
-resample is represented by per-image multiplicities, so the AUC of a resample is computed exactly with
-weights instead of re-sorting.
+The bootstrap resamples *patients* when patient ids are known (ChestX-ray14 has many images per patient, and
+images of one patient are not independent), otherwise images; the same resample serves every class, so macro
+averages get a CI too. A resample is represented by per-image multiplicities (a drawn patient contributes all
+of its images), so the AUC of a resample is computed exactly with weights instead of re-sorting. A resample in
+which a class has only positives or only negatives has no AUC for that class: it is dropped from that class's
+interval and the number dropped is reported (``bootstrap_dropped``), never hidden.
 
 Threshold protocols (every output names the protocol of each F1/accuracy/MCC):
 
@@ -76,17 +79,36 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return RankedClass.build(np.asarray(labels), np.asarray(scores, dtype=float)).auc()
 
 
-def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
-    """AUC of every class on ``n_resamples`` bootstrap resamples of the images: float [B, K] (NaN = undefined).
+def cluster_index(groups: list | np.ndarray | None, n: int) -> np.ndarray | None:
+    """Per-image cluster number [n] from patient ids (None / empty id = a cluster of its own); None if no ids."""
+    if groups is None or not any(g not in (None, "") for g in groups):
+        return None
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} patient ids for {n} images")
+    numbers: dict[str, int] = {}
+    out = np.empty(n, dtype=np.int64)
+    for i, group in enumerate(groups):
+        key = f"id:{group}" if group not in (None, "") else f"image:{i}"
+        out[i] = numbers.setdefault(key, len(numbers))
+    return out
 
+
+def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                   clusters: np.ndarray | None = None) -> np.ndarray:
+    """AUC of every class on ``n_resamples`` bootstrap resamples: float [B, K] (NaN = undefined).
+
+    clusters: int [N] cluster (patient) number per image; resamples draw clusters with replacement and weight
+    each image by how often its cluster was drawn. None: images are resampled individually.
     Reproducible: the same ``seed`` gives the same resamples (numpy ``default_rng``).
     """
     n, k = labels.shape
     ranked = [RankedClass.build(labels[:, j], scores[:, j]) for j in range(k)]
     rng = np.random.default_rng(seed)
     out = np.full((n_resamples, k), math.nan)
+    n_clusters = int(clusters.max()) + 1 if clusters is not None and n else n
     for b in range(n_resamples):
-        weights = np.bincount(rng.integers(0, n, n), minlength=n)
+        drawn = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
+        weights = drawn[clusters] if clusters is not None else drawn
         out[b] = [r.auc(weights) for r in ranked]
     return out
 
@@ -180,6 +202,10 @@ def class_thresholds(protocol: str, labels: np.ndarray, scores: np.ndarray, val_
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown threshold protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
     k = labels.shape[1]
+    if protocol == "val" and val_labels is not None and val_scores is not None \
+            and not val_labels.shape[1] == val_scores.shape[1] == k:
+        raise ValueError(f"validation labels {val_labels.shape} / scores {val_scores.shape} do not have the test's "
+                         f"{k} class columns (align them by class name)")
     thresholds, sources = np.full(k, math.nan), [""] * k
     for j in range(k):
         if protocol == "val":
@@ -212,6 +238,20 @@ def threshold_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: np.nda
     return out
 
 
+def align_columns(source_classes: list[str], labels: np.ndarray, target_classes: list[str]) -> np.ndarray:
+    """Label matrix [M, len(source_classes)] -> [M, len(target_classes)] matched by class *name*.
+
+    A target class the source lacks is all -100 (not labelled), so its ``val`` threshold falls back to 0.5.
+    Column positions are never trusted: two splits of one dataset (PadChest) can list different classes.
+    """
+    where = {name: j for j, name in enumerate(source_classes)}
+    out = np.full((labels.shape[0], len(target_classes)), -100, dtype=labels.dtype)
+    for k, name in enumerate(target_classes):
+        if name in where:
+            out[:, k] = labels[:, where[name]]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- summary
 
 
@@ -237,17 +277,22 @@ def classification_report(
     n_bootstrap: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    patient_ids: list | None = None,
 ) -> dict:
     """Per-class and macro metrics of one split.
 
     Args:
         classes: K class names; ``labels``/``scores`` are [N, K] in this order.
         groups: named class subsets (e.g. ``seen``/``unseen``, ``competition``) that get a macro AUC with CI.
-        val_labels, val_scores: [M, K] validation predictions for the ``val`` threshold protocol.
+        val_labels, val_scores: [M, K] validation predictions for the ``val`` threshold protocol, columns in
+            ``classes`` order (align by class name first: :func:`align_columns`).
+        patient_ids: [N] patient id per image (None entries allowed): the bootstrap resamples patients.
 
     Returns a JSON-ready dict: ``classes`` (list of per-class dicts) and ``macro`` (group -> dict).
     """
-    boot = bootstrap_aucs(labels, scores, n_bootstrap, seed) if n_bootstrap > 0 else np.empty((0, len(classes)))
+    clusters = cluster_index(patient_ids, len(labels))
+    boot = (bootstrap_aucs(labels, scores, n_bootstrap, seed, clusters) if n_bootstrap > 0
+            else np.empty((0, len(classes))))
     per_protocol = {}
     for protocol in protocols:
         thresholds, sources = class_thresholds(protocol, labels, scores, val_labels, val_scores)
@@ -260,6 +305,7 @@ def classification_report(
         n_pos = int((labels[:, j] == 1).sum())
         row = {"class": name, "n": int(keep.sum()), "n_pos": n_pos, "n_uncertain": int((labels[:, j] == -1).sum()),
                "auc": _clean(auc), "auc_ci": [_clean(low), _clean(high)],
+               "bootstrap_dropped": int(np.isnan(boot[:, j]).sum()),
                "auc_undefined": None if math.isfinite(auc) else
                ("no labelled images" if not keep.any() else "only one of positive/negative present")}
         for protocol, (thresholds, sources, metrics) in per_protocol.items():
@@ -271,13 +317,19 @@ def classification_report(
     for group, members in {"all": list(classes), **(groups or {})}.items():
         columns = [index[m] for m in members if m in index and rows[index[m]]["auc"] is not None]
         values = [rows[c]["auc"] for c in columns]
-        low, high = percentile_ci(macro_samples(boot, columns), level) if len(boot) else (math.nan, math.nan)
+        samples = macro_samples(boot, columns)
+        low, high = percentile_ci(samples, level) if len(boot) else (math.nan, math.nan)
+        partial = int((np.isnan(boot[:, columns]).any(axis=1) & np.isfinite(samples)).sum()) if columns else 0
         entry = {"classes": [classes[c] for c in columns], "auc": _clean(float(np.mean(values))) if values else None,
-                 "auc_ci": [_clean(low), _clean(high)],
+                 "auc_ci": [_clean(low), _clean(high)], "bootstrap_dropped": int(np.isnan(samples).sum()),
+                 "bootstrap_partial": partial,
                  "excluded": [m for m in members if m in index and index[m] not in columns]}
         for protocol in protocols:
             entry[protocol] = {key: _mean_of(rows[c][protocol][key] for c in columns)
                                for key in ("f1", "accuracy", "mcc")}
         macro[group] = entry
-    return {"classes": rows, "macro": macro, "bootstrap": {"resamples": n_bootstrap, "seed": seed, "level": level},
+    unit = "patient" if clusters is not None else "image"
+    units = int(clusters.max()) + 1 if clusters is not None and len(clusters) else len(labels)
+    return {"classes": rows, "macro": macro,
+            "bootstrap": {"resamples": n_bootstrap, "seed": seed, "level": level, "unit": unit, "units": units},
             "protocols": {p: PROTOCOLS[p] for p in protocols}}

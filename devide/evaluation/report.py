@@ -51,8 +51,9 @@ def write_json(path: Path, results: dict) -> None:
 def write_csv(path: Path, results: dict) -> None:
     """One row per class, then one per macro group; every F1/ACC/MCC column names its protocol."""
     protocols = list(results["metrics"]["protocols"])
-    columns = ["dataset", "split", "row", "class", "entity", "group", "query", "n", "n_pos", "auc", "auc_ci_low",
-               "auc_ci_high"] + [f"{m}[{p}]" for p in protocols for m in (*HEADLINE_METRICS, "threshold")]
+    columns = ["dataset", "split", "row", "class", "entity", "group", "query", "training_positives", "n", "n_pos",
+               "auc", "auc_ci_low", "auc_ci_high", "bootstrap_dropped"] + [
+        f"{m}[{p}]" for p in protocols for m in (*HEADLINE_METRICS, "threshold")]
     queries = {q["label"]: q for q in results["queries"]}
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -61,13 +62,18 @@ def write_csv(path: Path, results: dict) -> None:
         for row in results["metrics"]["classes"]:
             query = queries.get(row["class"], {})
             writer.writerow(base + ["class", row["class"], query.get("entity") or "", query.get("group", ""),
-                                    query.get("kind", ""), row["n"], row["n_pos"], row["auc"], *row["auc_ci"]]
+                                    query.get("kind", ""), _blank(query.get("training_positives")), row["n"],
+                                    row["n_pos"], row["auc"], *row["auc_ci"], row.get("bootstrap_dropped", "")]
                             + [row[p].get(m) for p in protocols for m in (*HEADLINE_METRICS, "threshold")])
         for group, entry in results["metrics"]["macro"].items():
-            writer.writerow(base + ["macro", group, "", group, "", len(entry["classes"]), "", entry["auc"],
-                                    *entry["auc_ci"]]
+            writer.writerow(base + ["macro", group, "", group, "", "", len(entry["classes"]), "", entry["auc"],
+                                    *entry["auc_ci"], entry.get("bootstrap_dropped", "")]
                             + [entry[p].get(m) if m != "threshold" else "" for p in protocols
                                for m in (*HEADLINE_METRICS, "threshold")])
+
+
+def _blank(value) -> object:
+    return "" if value is None else value
 
 
 def write_rejections(path: Path, rejections: Sequence) -> None:
@@ -148,11 +154,11 @@ def markdown_report(results: dict, plots: dict[str, list[str]]) -> str:
              f"- images: {results['counts']['manifest_rows']} in the split manifest, "
              f"{results['counts']['evaluated']} evaluated, {results['counts']['rejected_images']} unreadable; "
              f"{results['counts']['rejected_rows']} label rows rejected (see rejections.csv)",
-             f"- knowledge hash `{results['knowledge_hash'][:12]}`; bootstrap {metrics['bootstrap']['resamples']} "
-             f"resamples, seed {metrics['bootstrap']['seed']}", ""]
+             f"- knowledge hash `{results['knowledge_hash'][:12]}`; {_bootstrap_text(metrics)}", ""]
     if results.get("phantom"):
-        lines += ["> Phantom (synthetic) data: these numbers measure the pipeline, not clinical performance, and "
-                  "are not comparable with published results.", ""]
+        lines += ["> Phantom (synthetic) data - the evaluation images or the model's training images: these numbers "
+                  "measure the pipeline, not clinical performance, and are not comparable with published results.",
+                  ""]
     lines += [f"- {note}" for note in results["notes"]] + [""]
     lines += ["## Threshold protocols", ""] + [f"- `{p}`: {text}" for p, text in metrics["protocols"].items()]
     lines += ["", f"The tables show F1 / ACC / MCC under `{headline}`; optimistic protocols are in results.csv "
@@ -163,13 +169,16 @@ def markdown_report(results: dict, plots: dict[str, list[str]]) -> str:
         lines.append(f"| {group} | {len(entry['classes'])} | {fmt_ci(entry)} | "
                      + " | ".join(fmt(entry[p]["f1"]) + (" (optimistic)" if p in OPTIMISTIC else "")
                                   for p in protocols) + " |")
-    lines += ["", "## Per class", "", f"| class | entity | group | query | n | pos | AUC [95% CI] | "
-              f"F1 | ACC | MCC (`{headline}`) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Per class", "", "*train pos*: positive training labels of the entity (seen = at least one).",
+              "", f"| class | entity | group | train pos | query | n | pos | AUC [95% CI] | "
+              f"F1 | ACC | MCC (`{headline}`) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     queries = {q["label"]: q for q in results["queries"]}
     for row in metrics["classes"]:
         q, h = queries[row["class"]], row[headline]
         auc = fmt_ci(row) if row["auc"] is not None else f"n/a ({row['auc_undefined']})"
-        lines.append(f"| {row['class']} | {q['entity'] or '-'} | {q['group']} | {q['kind']} ({q['source']}) | "
+        positives = q.get("training_positives")
+        lines.append(f"| {row['class']} | {q['entity'] or '-'} | {q['group']} | "
+                     f"{'-' if positives is None else positives} | {q['kind']} ({q['source']}) | "
                      f"{row['n']} | {row['n_pos']} | {auc} | {fmt(h['f1'])} | {fmt(h['accuracy'])} | "
                      f"{fmt(h['mcc'])} |")
     lines += _grounding_section(results.get("grounding")) + _subgroup_section(results.get("subgroups"))
@@ -209,10 +218,29 @@ def _subgroup_section(subgroups: dict | None) -> list[str]:
     return lines
 
 
+def _bootstrap_text(metrics: dict) -> str:
+    """'bootstrap 1000 resamples of 812 patients, seed 0; 3 dropped (undefined macro AUC)'."""
+    boot = metrics["bootstrap"]
+    text = f"bootstrap {boot['resamples']} resamples"
+    if "unit" in boot:
+        text += f" of {boot['units']} {boot['unit']}s"
+    text += f", seed {boot['seed']}"
+    dropped = metrics["macro"].get("all", {}).get("bootstrap_dropped")
+    worst = max((r.get("bootstrap_dropped") or 0 for r in metrics["classes"]), default=0)
+    if boot["resamples"] and dropped is not None:
+        text += (f"; resamples dropped for an undefined AUC: {dropped} for the macro, up to {worst} for one class "
+                 "(per class in results.csv)")
+    return text
+
+
 def _baseline_section(results: dict) -> list[str]:
     rows = baselines_for(results["dataset"])
     if not rows:
         return []
+    if results.get("phantom"):  # synthetic data: never in one table with real-data numbers
+        return ["", "## Published baselines", "",
+                "Not shown: this model was trained or evaluated on phantom (synthetic) radiographs, and "
+                "published baselines were measured on real data; the two are not comparable."]
     macro = results["metrics"]["macro"]
     lines = ["", "## Published baselines (same dataset)", "", NOT_AVAILABLE,
              "Numbers are macro AUC over the named class set; protocols differ - compare like with like.", "",

@@ -23,7 +23,7 @@ from devide.data.adapters.base import EvalSet
 from devide.evaluation import report as rep
 from devide.evaluation.config import STAGE, EvaluateConfig  # noqa: F401  (re-exported)
 from devide.evaluation.grounding import GroundingAccumulator
-from devide.evaluation.metrics import PROTOCOLS, classification_report
+from devide.evaluation.metrics import PROTOCOLS, align_columns, classification_report
 from devide.evaluation.subgroups import subgroup_report
 from devide.evaluation.zero_shot import (
     Predictions,
@@ -37,6 +37,7 @@ from devide.evaluation.zero_shot import (
     plan_queries,
     query_table,
     read_knowledge,
+    seen_positives,
 )
 from devide.stage import StageContext, StageError
 
@@ -71,6 +72,15 @@ def _unseen_from_findings(data: Any) -> set[str]:
     if isinstance(items, dict):
         return {k for k, v in items.items() if isinstance(v, dict) and (v.get("unseen") or v.get("seen") is False)}
     return set()
+
+
+def seen_note(model) -> str:
+    """How "seen" was decided, for the report's notes."""
+    if seen_positives(model.config) is None:
+        return ("seen = one of the model's training entities: this model records no per-entity training "
+                "positives (saved before devide recorded them), so an entity that never had a positive label "
+                "may be counted as seen")
+    return "seen = the entity had at least one positive label in training (model config training_positives)"
 
 
 def load_model(model_dir: Path):
@@ -225,8 +235,13 @@ def run(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     predictions, from_cache = cached_predictions(scorer, eval_set, key_parts, ctx, cfg)
     val_set, val_predictions, val_note = validation_predictions(adapter, scorer, key_parts, ctx, cfg)
     eval_set.notes.append(val_note)
+    eval_set.notes.append(seen_note(model))
     results = build_results(cfg, eval_set, predictions, val_set, val_predictions, queries, key_parts, model_dir,
                             getattr(processor, "center_crop", False))
+    trained_on = getattr(model.config, "training_data", None) or None
+    results["model_trained_on"] = trained_on
+    if trained_on and trained_on.get("phantom"):  # a phantom-trained model is never compared with papers
+        results["phantom"] = True
     write_outputs(ctx.work_dir, cfg, eval_set, predictions, results, queries, getattr(processor, "center_crop", False))
     summary = rep.console_table(results, ctx.out / "report.md")
     (ctx.work_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
@@ -254,10 +269,13 @@ def build_results(cfg, eval_set, predictions, val_set, val_predictions, queries,
     val_labels = val_scores = None
     if val_set is not None and val_predictions is not None:
         val_ok = val_predictions.ok
-        val_labels, val_scores = val_set.label_matrix()[val_ok], val_predictions.probs[val_ok]
+        # val scores are in query (= test class) order; val labels in the val split's own class order
+        val_labels = align_columns(val_set.classes, val_set.label_matrix()[val_ok], eval_set.classes)
+        val_scores = val_predictions.probs[val_ok]
+    patients = [r.patient_id for r, good in zip(eval_set.records, ok, strict=True) if good]
     metrics = classification_report(eval_set.classes, labels, predictions.probs[ok], groups=groups,
                                      protocols=tuple(cfg.protocols), val_labels=val_labels, val_scores=val_scores,
-                                     n_bootstrap=cfg.bootstrap, seed=cfg.seed)
+                                     n_bootstrap=cfg.bootstrap, seed=cfg.seed, patient_ids=patients)
     sex = [s for s, good in zip(predictions.sex, ok, strict=True) if good]
     age = [a for a, good in zip(predictions.age, ok, strict=True) if good]
     subgroups = None

@@ -3,8 +3,10 @@
 1. **Query plan** - each dataset class becomes one query: its vocabulary entity when the model knows it
    (``entities=[...]``, answered with the model's own knowledge), otherwise free descriptions
    (``descriptions={name: [sentences]}``) taken, in order of preference, from a user descriptions file, the
-   knowledge base, the vocabulary definition, or the label text itself. A class is *seen* when its entity is one
-   of the model's training entities and not declared unseen; everything else is *unseen*.
+   knowledge base, the vocabulary definition, or the label text itself. A class is *seen* when its entity had
+   at least one positive training label (``config.training_positives``, recorded by ``devide train``) and is not
+   declared unseen; everything else is *unseen*, including trained entities that never had a positive label.
+   A model saved without ``training_positives`` falls back to "one of the model's entities" (noted in the report).
 2. **Prediction** - images are decoded with ``devide.data.image_io.load_image`` in a thread pool, processed by
    the model's image processor, and scored in batches (``drop_last`` never: the last batch is partial). An
    unreadable image becomes a rejection with its reason; every record ends either evaluated or rejected.
@@ -56,6 +58,8 @@ class Query:
     """Description sentences (kind 'descriptions'); the model's own knowledge otherwise (recorded for the hash)."""
     group: str = "unseen"
     source: str = ""
+    training_positives: int | None = None
+    """Positive training labels of ``entity`` (None: not a training entity, or not recorded by the model)."""
 
 
 def load_vocabulary_optional(path: str | Path | None = None):
@@ -115,11 +119,14 @@ def plan_queries(eval_set: EvalSet, dataset_key: str | None, model, vocab, knowl
                  descriptions: Mapping[str, list[str]], unseen: set[str]) -> list[Query]:
     """One :class:`Query` per class of ``eval_set`` (see the module docstring for the precedence)."""
     trained = set(model.config.entities)
+    positives = seen_positives(model.config)
     model_knowledge = getattr(model, "knowledge", {}) or {}
     queries, used_names = [], set()
     for label in eval_set.classes:
         entity = resolve_entity(vocab, dataset_key, label)
-        group = "seen" if entity in trained and entity not in unseen else "unseen"
+        count = positives.get(entity) if positives is not None and entity in trained else None
+        had_positive = entity in trained and (positives is None or (count or 0) > 0)
+        group = "seen" if had_positive and entity not in unseen else "unseen"
         if label in descriptions:
             query = Query(label, entity, "descriptions", label, list(descriptions[label]), group, "descriptions file")
         elif entity and (entity in trained or entity in model_knowledge):
@@ -135,12 +142,20 @@ def plan_queries(eval_set: EvalSet, dataset_key: str | None, model, vocab, knowl
             text = label.replace("_", " ")
             query = Query(label, None, "descriptions", text, list(knowledge.get(_norm(label), [])) or [text],
                           "unseen", "knowledge base (label)" if knowledge.get(_norm(label)) else "label text")
+        query.training_positives = count
         if query.name in used_names:  # two labels mapping to one entity: keep them distinct queries
             query.kind, query.name = "descriptions", f"{query.name} ({label})"
             query.sentences = query.sentences or [label]
         used_names.add(query.name)
         queries.append(query)
     return queries
+
+
+def seen_positives(config) -> dict[str, int] | None:
+    """{entity: positive training labels} recorded in a model config, or None for a model saved before
+    ``devide train`` recorded them (then "seen" falls back to "a training entity")."""
+    recorded = getattr(config, "training_positives", None)
+    return {str(k): int(v) for k, v in recorded.items()} if isinstance(recorded, dict) else None
 
 
 def _entity_name(vocab, entity: str) -> str:
