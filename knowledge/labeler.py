@@ -1,27 +1,55 @@
-"""A rule-based radiology report labeler (in the spirit of NegEx / the CheXpert labeler, our own rules).
+"""A rule-based radiology report labeler: sections, sentences, ConText-style assertion scopes, per-study labels.
 
-Pipeline: MIMIC report text -> sections (:func:`parse_sections`) -> sentences (:func:`split_sentences`) ->
-tokens -> entity mentions (vocabulary names and synonyms, longest match wins, plural endings accepted) ->
-negation / uncertainty scopes -> per-study labels.
+Design after pyConText / NegEx and the CheXpert labeler (mention -> context -> aggregation), our own rules:
 
-Scopes. A *trigger* ("no", "without", "possible", "cannot be excluded", ...) opens a scope forward (pre
-triggers), backward (post triggers) or both, within its sentence, stopped by a *terminator* ("but",
-"however", "which", ";", ...) or after ``MAX_SCOPE`` tokens. *Pseudo-triggers* ("no change", "no interval
-change", "not only") are consumed first so that "no change in the small left effusion" stays positive.
-"Cannot exclude" style double negations are uncertainty triggers. An uncertainty trigger that is itself inside
-a negation scope ("no findings to suggest pneumonia") is negated.
+1. **Sections** (:func:`parse_sections`): FINDINGS and IMPRESSION are labelled (indication, history and the
+   like are not); a report without them is labelled from its last paragraph.
+2. **Sentences** (:func:`split_sentences`): ``.``/``!``/``?`` ends a sentence except after an abbreviation or
+   inside a decimal; a numbered item (``1.``, ``2)``, ``1.Lucency``) starts a new sentence even when the
+   previous item has no full stop. Sentences about another body part ("fracture of the left hip" on a chest
+   report) are not labelled.
+3. **Mentions**: vocabulary names and synonyms, longest match first, with plural and classical morphology
+   (``granulomata``, ``atelectases``, ``opacities``); slashes separate words (``granulomas/lymph``). A few
+   findings are phrased too freely for a phrase list and are found by *co-occurrence* of a head and a
+   modifier within a short clause window (:data:`COOCCURRENCE`: "the heart is slightly large", "borderline
+   heart size", "prominence of the central pulmonary vasculature", "dextrocurvature of the thoracic spine").
+4. **Context** (ConText): triggers of four kinds open a scope forward (``pre``), backward (``post``) or both,
+   to the end of the sentence, stopped by a *terminator* ("but", "however", "which", "there is", ``;``) and,
+   for backward scopes, by a comma; pseudo-triggers ("no change", "no interval change") are consumed first.
+
+   * negation ("no", "clear of", "without", "within normal limits", "has resolved", "unlikely") -> absent (0);
+   * uncertainty ("may", "possible", "cannot be excluded", "difficult to exclude", "in the differential",
+     "may be secondary to", "?") -> uncertain (-1);
+   * hypothetical ("evaluation for", "to rule out", "recommend", "if") -> the mention is not an assertion and
+     is dropped (not mentioned);
+   * probable ("likely", "probably", "consistent with", "compatible with") -> consumed, the mention stays
+     present: radiologists write "probable small effusion" for an effusion they report, and the MeSH indexers
+     of the Indiana collection tag it.
+
+   An uncertainty trigger inside a negation scope is negated ("no findings to suggest pneumonia").
+5. **Alternatives.** "atelectasis versus scarring", "atelectasis or infiltrate", "atelectasis/scar" name the
+   candidate readings of an abnormality that *is* seen. By default (``alternatives="present"``) each named
+   alternative is present, the way the Indiana indexers tag both; ``alternatives="uncertain"`` marks them -1
+   (the CheXpert labeler's reading). "or" inside a negated list ("no effusion or pneumothorax") is negated
+   either way.
+
+Vocabulary conventions (deliberate, see docs/knowledge.md): "airspace disease" and "nodular opacity" are lung
+opacities (not consolidation, not a nodule); an enlarged *cardiac silhouette* is an enlarged
+cardiomediastinum, an enlarged *heart* (borderline included) is cardiomegaly; surgical clips, sternotomy
+wires and stents are post-operative material, not support devices; volume loss alone is not atelectasis.
 
 Labels per study: 1 present, 0 absent, -1 uncertain; entities never mentioned are absent from the dict. Across
-mentions, present beats uncertain beats absent (a study that says "no effusion on the left, small effusion on
-the right" has an effusion). A child's status also counts for its parents (nodule -> lung_lesion, chest tube
--> support_devices). ``no_finding`` is 1 when stated ("no acute cardiopulmonary process") or when every
-mentioned finding is absent, and 0 as soon as any non-device finding is present or uncertain.
+mentions, present beats uncertain beats absent. A child's status also counts for its parents (nodule ->
+lung_lesion, chest tube -> support_devices). ``no_finding`` is 1 when stated ("no acute cardiopulmonary
+process") or when every mentioned finding is absent, and 0 as soon as any non-device finding is present or
+uncertain.
 
 Optional: :func:`labels_from_radgraph` converts a RadGraph annotation (OBS-DP/OBS-DA/OBS-U) to the same labels.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,9 +58,11 @@ from typing import Any
 from knowledge.vocabulary import Vocabulary, load_vocabulary
 
 PRESENT, ABSENT, UNCERTAIN = 1, 0, -1
-MAX_SCOPE = 12
-"""Tokens a trigger reaches at most (enough for "no pleural effusion, pneumothorax or focal consolidation")."""
+MAX_SCOPE = 40
+"""Tokens a trigger reaches at most: in practice the sentence or a terminator ends a scope first; the cap only
+guards run-on text without punctuation."""
 LABEL_SECTIONS = ("findings", "impression")
+ALTERNATIVES = ("present", "uncertain")
 
 # ------------------------------------------------------------------------------------------ trigger lists
 # Each trigger is a lower-case token sequence. Direction: "pre" scopes forward, "post" backward, "both" both.
@@ -40,48 +70,94 @@ NEGATION_PRE = (
     "no", "not", "without", "negative for", "free of", "absence of", "absent", "no evidence of",
     "no signs of", "no sign of", "no radiographic evidence of", "no findings of", "rather than", "neither", "nor",
     "resolution of", "interval resolution of", "resolved", "clear of", "no definite", "no convincing",
-    "removal of", "never",
+    "removal of", "never", "interval clearing of", "clearing of", "unlikely", "no visible", "no visualized",
+    "no suspicious", "no typical findings of",
 )
 NEGATION_POST = (
     "not seen", "not identified", "not present", "not visualized", "not appreciated", "not evident",
     "not demonstrated", "not visible", "not detected", "has resolved", "have resolved", "resolved",
     "is absent", "are absent", "no longer seen", "no longer present", "no longer visualized", "no longer",
-    "has been removed", "have been removed", "removed", "ruled out", "excluded",
+    "has been removed", "have been removed", "removed", "ruled out", "excluded", "within normal limits",
+    "within limits of normal", "within normal limits in size", "are within normal limits", "unremarkable",
+    "has cleared", "have cleared", "cleared", "not well seen", "not well-seen", "not well visualized",
+    "unlikely", "is normal", "are normal", "appear normal", "appears normal",
 )
 UNCERTAIN_PRE = (
-    "may", "might", "could", "possible", "possibly", "probable", "probably", "likely", "suspicious for",
-    "suspected", "suspect", "concern for", "concerning for", "question of", "questionable", "cannot exclude",
-    "can not exclude", "cannot rule out", "can not rule out", "differential diagnosis", "suggestive of",
-    "suggest", "suggests", "suggesting", "worrisome for", "equivocal", "presumed", "possibility of",
-    "indeterminate", "may represent", "could represent", "compatible with", "versus", "vs", "or",
-    "raising the possibility of", "not excluded", "?",
+    "may", "might", "could", "possible", "possibly", "suspicious for", "suspected", "suspect", "concern for",
+    "concerning for", "question of", "questionable", "questioned", "cannot exclude", "can not exclude",
+    "cannot rule out", "can not rule out", "differential diagnosis", "differential diagnosis includes",
+    "differential includes", "in the differential", "suggestive of", "suggest", "suggests", "suggesting",
+    "worrisome for", "equivocal", "indeterminate", "may represent", "could represent", "may be secondary to",
+    "raising the possibility of", "not excluded", "difficult to exclude", "difficult to entirely exclude",
+    "difficult to completely exclude", "maybe", "perhaps", "?",
 )
 UNCERTAIN_POST = (
     "cannot be excluded", "can not be excluded", "could not be excluded", "not excluded", "not be excluded",
     "cannot be ruled out", "can not be ruled out", "not ruled out", "not be ruled out", "not entirely excluded",
-    "is possible", "is suspected", "is likely", "is questioned", "are possible", "versus", "vs", "likely",
-    "possible", "suspected", "questionable", "?", "or",
+    "is possible", "is suspected", "is questioned", "are possible", "possible", "suspected", "questionable",
+    "difficult to exclude", "difficult to entirely exclude", "difficult to completely exclude",
+    "in the differential", "not entirely excluded", "less likely", "?",
+)
+HYPOTHETICAL_PRE = (
+    "evaluation of", "evaluation for", "evaluate for", "to evaluate", "assess for", "to assess", "rule out",
+    "to rule out", "rule-out", "r/o", "to identify", "if", "recommend", "recommended", "correlate for",
+    "screening for", "in case of",
+)
+HYPOTHETICAL_POST = ("may not be demonstrated", "may not be visible", "may not be seen", "is recommended")
+PROBABLE = (
+    "likely", "most likely", "more likely", "probably", "probable", "consistent with", "compatible with",
+    "most compatible with", "most consistent with", "favored", "favor", "presumably", "presumed",
+    "represents", "representing", "reflects", "reflecting", "in keeping with",
 )
 PSEUDO_TRIGGERS = (
     "no change", "no interval change", "no significant change", "no significant interval change",
     "no substantial change", "no appreciable change", "no increase", "no decrease", "not changed",
     "not significantly changed", "without change", "without interval change", "not only", "no further change",
-    "without significant change", "no definite change",
+    "without significant change", "no definite change", "not well", "gram negative",
 )
 TERMINATORS = (
     "but", "however", "although", "though", "nevertheless", "yet", "still", "aside from", "apart from",
     "except", "except for", "other than", "which", "who", "there is", "there are", "there has been",
-    "there have been", "secondary to", "due to", "as well as", ";", ":", "while", "whereas",
+    "there have been", "secondary to", "due to", "as well as", ";", ":", "while", "whereas", "otherwise",
 )
+_ALTERNATIVE_WORDS = ("or", "versus", "vs", "/", "and/or")
 
-# "or" only creates uncertainty when it links two findings ("atelectasis or pneumonia"), never in a negated list
-# ("no effusion or pneumothorax"): handled in _is_uncertain_or.
+# Co-occurrence rules: entity -> (head words, modifier words, max words between them). A head and a modifier
+# in either order, not separated by a terminator, a comma or a full clause, make one mention spanning both.
+COOCCURRENCE: dict[str, tuple[frozenset[str], frozenset[str], int]] = {
+    "cardiomegaly": (frozenset({"heart"}),
+                     frozenset({"enlarged", "enlargement", "large", "borderline", "prominent"}), 5),
+    "vascular_congestion": (frozenset({"vascular", "vascularity", "vasculature", "vessels"}),
+                            frozenset({"prominence", "prominent", "engorged", "engorgement", "congestion",
+                                       "congestive", "congested", "increased", "enlarged", "indistinct",
+                                       "cephalization", "redistribution", "fullness", "plethora"}), 4),
+    "scoliosis": (frozenset({"spine", "spinal", "thoracic", "thoracolumbar", "lumbar", "vertebral"}),
+                  frozenset({"curvature", "curve", "curvatures"}), 4),
+    "central_venous_catheter": (frozenset({"tip"}),
+                                frozenset({"svc", "cavoatrial", "atriocaval", "caval", "vena"}), 6),
+}
+_CLAUSE_BREAKS = frozenset({",", ";", ":", "but", "however", "which", "while", "whereas", "and", "with"})
+
+NON_CHEST_PARTS = frozenset({
+    "hip", "hips", "femur", "femoral", "pelvis", "pelvic", "knee", "knees", "ankle", "wrist", "hand", "hands",
+    "foot", "feet", "elbow", "tibia", "tibial", "fibula", "skull", "forearm", "ulna", "finger", "fingers",
+    "toe", "toes", "leg", "legs", "abdomen", "abdominal",
+})
+"""A sentence naming one of these is about another body part (or the abdomen): not labelled."""
+ENTITY_EXCLUSIONS = {"fracture": frozenset({"screw", "screws", "wire", "wires", "lead", "leads", "hardware",
+                                            "plate", "sternotomy", "fixation", "prosthesis", "catheter"})}
+"""A mention is dropped when its sentence has one of these words: a fractured screw is not a bone fracture."""
+
 _ORDINAL_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "approx", "e.g", "i.e", "fig", "st"}
-FILLER_WORDS = frozenset({"mildly", "moderately", "severely", "markedly", "slightly", "minimally", "somewhat"})
-"""Degree adverbs skipped while matching, so "heart size is mildly enlarged" matches "heart size is enlarged"."""
+FILLER_WORDS = frozenset({"mildly", "moderately", "severely", "markedly", "slightly", "minimally", "somewhat",
+                          "xxxx"})
+"""Degree adverbs (and the de-identification mark XXXX) skipped while matching, so "heart size is mildly
+enlarged" matches "heart size is enlarged"."""
 _SECTION_HEADER = re.compile(r"(?:^|\n)[ \t]?([A-Z][A-Z ()/,&-]*[A-Z)])[ \t]*:", re.MULTILINE)
-_TOKEN = re.compile(r"[a-z0-9]+(?:['\-/][a-z0-9]+)*|[;:?]")
+_TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[;:?,/]")
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}|[a-z])[.)]\s+")
+_NUMBERED_ITEM = re.compile(r"(?:(?<=\s)|^)\d{1,2}[.)](?=\s*[A-Za-z])(?!\s*[ap]\.m\.)")
+"""``2. Abnormal ...`` or ``1.Lucency``: a numbered item begins (not a decimal, not "10 a.m.")."""
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -147,10 +223,7 @@ def label_text(text: str, sections: Iterable[str] = LABEL_SECTIONS) -> str:
 # ------------------------------------------------------------------------------------------ sentences
 
 
-def split_sentences(text: str) -> list[str]:
-    """Rule-based sentence splitting: ``.``/``!``/``?`` followed by space, not after an abbreviation, a list
-    marker (``1.``) or a decimal; list markers are stripped from the start of sentences."""
-    text = _clean(text)
+def _split_on_full_stops(text: str) -> list[str]:
     sentences: list[str] = []
     start = 0
     for match in re.finditer(r"[.!?]+(?=\s|$)", text):
@@ -161,14 +234,32 @@ def split_sentences(text: str) -> list[str]:
         sentences.append(text[start:match.end()])
         start = match.end()
     sentences.append(text[start:])
+    return sentences
+
+
+def split_sentences(text: str) -> list[str]:
+    """Rule-based sentence splitting: ``.``/``!``/``?`` followed by space, not after an abbreviation, a list
+    marker or a decimal; a numbered item starts a new sentence even without a full stop before it. List
+    markers are stripped from the start of sentences."""
+    text = _clean(text)
     out = []
-    for sentence in sentences:
-        sentence = sentence.strip()
-        while _LIST_MARKER.match(sentence):
-            sentence = _LIST_MARKER.sub("", sentence, count=1)
-        if re.search(r"[A-Za-z]", sentence):
-            out.append(sentence)
+    items = _split_items(text)
+    for item in items:
+        for sentence in _split_on_full_stops(item):
+            sentence = sentence.strip()
+            while _LIST_MARKER.match(sentence):
+                sentence = _LIST_MARKER.sub("", sentence, count=1)
+            sentence = re.sub(r"^\d{1,2}[.)](?=[A-Za-z])", "", sentence)
+            if re.search(r"[A-Za-z]", sentence):
+                out.append(sentence)
     return out
+
+
+def _split_items(text: str) -> list[str]:
+    """Cut ``text`` before every numbered item marker."""
+    cuts = [m.start() for m in _NUMBERED_ITEM.finditer(text)]
+    bounds = [0, *[c for c in cuts if c > 0], len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if text[a:b].strip()]
 
 
 # ------------------------------------------------------------------------------------------ matching
@@ -182,7 +273,7 @@ class Token:
 
 
 def tokenize(sentence: str, drop: frozenset[str] = frozenset()) -> list[Token]:
-    """Lower-case word tokens (and ``; : ?``) with character offsets, minus the words in ``drop``."""
+    """Lower-case word tokens (and ``; : ? , /``) with character offsets, minus the words in ``drop``."""
     lowered = sentence.lower()
     return [Token(m.group(0), m.start(), m.end()) for m in _TOKEN.finditer(lowered) if m.group(0) not in drop]
 
@@ -191,44 +282,57 @@ def _phrase_tokens(phrase: str) -> tuple[str, ...]:
     return tuple(t.text for t in tokenize(phrase))
 
 
+def inflections(word: str) -> set[str]:
+    """The word and its plural forms, English and classical: ``opacity -> opacities``, ``granuloma ->
+    granulomata``, ``atelectasis -> atelectases``, ``bulla -> bullae``."""
+    forms = {word, word + "s", word + "es"}
+    if word.endswith("y"):
+        forms.add(word[:-1] + "ies")
+    if word.endswith("a"):
+        forms |= {word + "ta", word + "e"}
+    if word.endswith("is"):
+        forms.add(word[:-2] + "es")
+    if word.endswith("um"):
+        forms.add(word[:-2] + "a")
+    return forms
+
+
 class PhraseMatcher:
-    """Longest-match, left-to-right, non-overlapping matching of token sequences; the last token of a phrase
-    also matches its plural (``-s``/``-es``) when ``plurals`` is set."""
+    """Longest-match, left-to-right, non-overlapping matching of token sequences; with ``plurals`` the last
+    token of a phrase also matches its inflections (:func:`inflections`)."""
 
     def __init__(self, phrases: dict[str, Any], plurals: bool = False) -> None:
-        self._by_first: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
+        self._by_first: dict[str, list[tuple[tuple[str, ...], frozenset[str], Any]]] = {}
         self.plurals = plurals
         for phrase, value in phrases.items():
             tokens = _phrase_tokens(phrase)
-            if tokens:
-                self._by_first.setdefault(tokens[0], []).append((tokens, value))
-                if plurals and len(tokens) == 1:
-                    for suffix in ("s", "es"):
-                        self._by_first.setdefault(tokens[0] + suffix, []).append(((tokens[0] + suffix,), value))
+            if not tokens:
+                continue
+            last = frozenset(inflections(tokens[-1]) if plurals else {tokens[-1]})
+            firsts = last if len(tokens) == 1 else {tokens[0]}
+            for first in firsts:
+                self._by_first.setdefault(first, []).append((tokens, last, value))
         for candidates in self._by_first.values():
             candidates.sort(key=lambda item: len(item[0]), reverse=True)
 
-    def _token_matches(self, token: str, wanted: str, is_last: bool) -> bool:
-        if token == wanted:
-            return True
-        return self.plurals and is_last and token in (wanted + "s", wanted + "es")
-
     def match_at(self, words: list[str], i: int) -> tuple[int, Any] | None:
         """(length, value) of the longest phrase starting at ``words[i]``, or None."""
-        for tokens, value in self._by_first.get(words[i], ()):
+        for tokens, last, value in self._by_first.get(words[i], ()):
             n = len(tokens)
-            if i + n <= len(words) and all(
-                self._token_matches(words[i + k], tokens[k], k == n - 1) for k in range(n)
-            ):
+            if i + n <= len(words) and words[i + n - 1] in last and all(
+                    words[i + k] == tokens[k] for k in range(n - 1)):
                 return n, value
         return None
 
     def find_all(self, words: list[str], skip: set[int] | None = None) -> list[tuple[int, int, Any]]:
-        """Non-overlapping (start, end, value) matches, longest first at each position."""
+        """Non-overlapping (start, end, value) matches, longest first at each position; no match uses a
+        position of ``skip``."""
         found, i = [], 0
         skip = skip or set()
         while i < len(words):
             hit = None if i in skip else self.match_at(words, i)
+            if hit is not None and any(k in skip for k in range(i, i + hit[0])):
+                hit = None
             if hit is None:
                 i += 1
                 continue
@@ -252,36 +356,82 @@ class Mention:
 
 @dataclass(frozen=True)
 class _Trigger:
-    kind: str  # "neg" | "unc" | "pseudo" | "term"
+    kind: str  # "neg" | "unc" | "hyp" | "prob" | "pseudo" | "term" | "alt"
     direction: str  # "pre" | "post" | "both" | ""
     start: int
     end: int
     phrase: str
 
 
-def _trigger_table() -> dict[str, tuple[str, str]]:
+def _trigger_table(alternatives: str) -> dict[str, tuple[str, str]]:
     """Phrase -> (kind, direction). Longer phrases win at match time, so overlaps are intentional."""
     table: dict[str, tuple[str, str]] = {}
     for phrase in TERMINATORS:
         table[phrase] = ("term", "")
-    for kind, pre, post in (("neg", NEGATION_PRE, NEGATION_POST), ("unc", UNCERTAIN_PRE, UNCERTAIN_POST)):
+    for kind, pre, post in (("neg", NEGATION_PRE, NEGATION_POST), ("unc", UNCERTAIN_PRE, UNCERTAIN_POST),
+                            ("hyp", HYPOTHETICAL_PRE, HYPOTHETICAL_POST)):
         for phrase in pre:
             table[phrase] = (kind, "pre")
         for phrase in post:
             table[phrase] = (kind, "both" if table.get(phrase) == (kind, "pre") else "post")
+    for phrase in PROBABLE:
+        table[phrase] = ("prob", "")
+    if alternatives == "uncertain":
+        for phrase in _ALTERNATIVE_WORDS:
+            table[phrase] = ("alt", "")
     for phrase in PSEUDO_TRIGGERS:
         table[phrase] = ("pseudo", "")
     return table
 
 
+class _Sentence:
+    """The tokens, mentions and triggers of one sentence, with the scope arithmetic."""
+
+    def __init__(self, words: list[str], triggers: list[_Trigger], mention_starts: set[int],
+                 max_scope: int) -> None:
+        self.words, self.triggers, self.max_scope = words, triggers, max_scope
+        self.terminators = [t.start for t in triggers if t.kind == "term"]
+        # A comma ends a backward scope unless it separates the items of a list of findings.
+        self.commas = [i for i, w in enumerate(words) if w == "," and not (
+            i + 1 in mention_starts or (i + 2 in mention_starts and words[i + 1] in ("and", "or")))]
+
+    def scope(self, trigger: _Trigger) -> tuple[range, range]:
+        """Token ranges a trigger covers forward and backward."""
+        n = len(self.words)
+        if trigger.kind == "alt":  # only the two findings it links
+            return range(trigger.end, trigger.end + 1), range(max(trigger.start - 1, 0), trigger.start)
+        forward = backward = range(0)
+        if trigger.direction in ("pre", "both"):
+            stop = min([t for t in self.terminators if t >= trigger.end] + [n, trigger.end + self.max_scope])
+            forward = range(trigger.end, stop)
+        if trigger.direction in ("post", "both"):
+            stops = [t + 1 for t in self.terminators + self.commas if t < trigger.start]
+            backward = range(max(stops + [0, trigger.start - self.max_scope]), trigger.start)
+        return forward, backward
+
+    def covers(self, trigger: _Trigger, span: tuple[int, int]) -> bool:
+        forward, backward = self.scope(trigger)
+        return any(i in forward or i in backward for i in range(*span))
+
+    def first(self, kind: str, span: tuple[int, int]) -> _Trigger | None:
+        return next((t for t in self.triggers if t.kind == kind and self.covers(t, span)), None)
+
+
 class ReportLabeler:
-    """Label reports with the vocabulary's entities: ``ReportLabeler(vocab).label(text) -> {entity: 1/0/-1}``."""
+    """Label reports with the vocabulary's entities: ``ReportLabeler(vocab).label(text) -> {entity: 1/0/-1}``.
+
+    ``alternatives`` says how "A versus B" / "A or B" / "A/B" between two findings is read: ``"present"``
+    (default) or ``"uncertain"`` (see the module docstring).
+    """
 
     def __init__(self, vocab: Vocabulary | None = None, sections: Iterable[str] = LABEL_SECTIONS,
-                 max_scope: int = MAX_SCOPE) -> None:
+                 max_scope: int = MAX_SCOPE, alternatives: str = "present") -> None:
+        if alternatives not in ALTERNATIVES:
+            raise ValueError(f"alternatives must be one of {', '.join(ALTERNATIVES)} (got {alternatives!r})")
         self.vocab = vocab or load_vocabulary()
         self.sections = tuple(sections)
         self.max_scope = max_scope
+        self.alternatives = alternatives
         # A display name that is itself a negation ("No finding") is not a term: "no findings to suggest
         # pneumonia" is a negated pneumonia, not a normal study. Such entities are found through synonyms.
         terms = {term: entity.id for entity in self.vocab for term in entity.terms
@@ -289,65 +439,68 @@ class ReportLabeler:
         absent = {phrase.lower(): entity.id for entity in self.vocab for phrase in entity.absent_phrases}
         self._absent = PhraseMatcher(absent)
         self._terms = PhraseMatcher(terms, plurals=True)
-        self._triggers = PhraseMatcher(_trigger_table())
+        self._triggers = PhraseMatcher(_trigger_table(alternatives))
+        self._cooccurrence = {e: rule for e, rule in COOCCURRENCE.items() if e in self.vocab}
+        self._exclusions = {e: words for e, words in ENTITY_EXCLUSIONS.items() if e in self.vocab}
         self._devices = {e.id for e in self.vocab if e.category == "device"}
         self._parents = {e.id: [p for p in e.parents if p in self.vocab] for e in self.vocab if e.parents}
 
     # -- sentence level
-    def _find_triggers(self, words: list[str], taken: set[int]) -> list[_Trigger]:
-        return [_Trigger(kind, direction, s, e, " ".join(words[s:e]))
-                for s, e, (kind, direction) in self._triggers.find_all(words, skip=taken)]
-
-    def _scope(self, trigger: _Trigger, terminators: list[int], n_words: int) -> tuple[range, range]:
-        """Token ranges a trigger covers forward and backward, cut at the nearest terminator."""
-        if trigger.phrase == "or":  # only the two findings it links
-            return range(trigger.end, trigger.end + 1), range(max(trigger.start - 1, 0), trigger.start)
-        forward = backward = range(0)
-        if trigger.direction in ("pre", "both"):
-            stop = min([t for t in terminators if t >= trigger.end] + [n_words, trigger.end + self.max_scope])
-            forward = range(trigger.end, stop)
-        if trigger.direction in ("post", "both"):
-            stop = max([t + 1 for t in terminators if t < trigger.start] + [0, trigger.start - self.max_scope])
-            backward = range(stop, trigger.start)
-        return forward, backward
-
-    def _covers(self, trigger: _Trigger, span: tuple[int, int], terminators: list[int], n_words: int) -> bool:
-        """Whether any token of ``span`` (start, end) lies in the trigger's scope."""
-        forward, backward = self._scope(trigger, terminators, n_words)
-        return any(i in forward or i in backward for i in range(*span))
-
-    def _is_uncertain_or(self, trigger: _Trigger, matches: list[tuple[int, int, str]]) -> bool:
-        """"or" signals uncertainty only between two findings ("atelectasis or pneumonia")."""
-        before = any(end == trigger.start for _, end, _ in matches)
-        after = any(start == trigger.end for start, _, _ in matches)
-        return before and after
+    def _cooccurrences(self, words: list[str], taken: set[int]) -> list[tuple[int, int, str]]:
+        """(start, end, entity) for head/modifier pairs of :data:`COOCCURRENCE` in one clause."""
+        found = []
+        for entity, (heads, modifiers, window) in self._cooccurrence.items():
+            for i, word in enumerate(words):
+                if word not in heads or i in taken:
+                    continue
+                for j in sorted(range(max(0, i - window - 1), min(len(words), i + window + 2)),
+                                key=lambda k: abs(k - i)):
+                    a, b = min(i, j), max(i, j)
+                    if (j != i and words[j] in modifiers and j not in taken
+                            and not any(w in _CLAUSE_BREAKS for w in words[a + 1:b])):
+                        found.append((a, b + 1, entity))
+                        break
+        return found
 
     def mentions_in_sentence(self, sentence: str) -> list[Mention]:
-        """Every entity mention of one sentence with its status."""
+        """Every entity mention of one sentence with its status (hypothetical mentions are left out)."""
         tokens = tokenize(sentence, drop=FILLER_WORDS)
         words = [t.text for t in tokens]
+        if NON_CHEST_PARTS.intersection(words):
+            return []
         absent = self._absent.find_all(words)
-        taken = {i for s, e, _ in absent for i in range(s, e)}
-        matches = self._terms.find_all(words, skip=taken)
+        absent_taken = {i for s, e, _ in absent for i in range(s, e)}
+        matches = self._terms.find_all(words, skip=absent_taken)
+        taken = absent_taken | {i for s, e, _ in matches for i in range(s, e)}
+        matches += self._cooccurrences(words, taken)
         taken |= {i for s, e, _ in matches for i in range(s, e)}
-        triggers = [t for t in self._find_triggers(words, taken)
-                    if t.phrase != "or" or self._is_uncertain_or(t, matches)]
-        terminators = [t.start for t in triggers if t.kind == "term"]
+        # The last word of an absent phrase may start a trigger: "lungs are clear of effusion".
+        trigger_skip = taken - {e - 1 for _, e, _ in absent}
+        starts = {s for s, _, _ in matches}
+        triggers = [_Trigger(kind, direction, s, e, " ".join(words[s:e]))
+                    for s, e, (kind, direction) in self._triggers.find_all(words, skip=trigger_skip)]
+        triggers = [t for t in triggers if t.kind != "alt" or (t.start in {e for _, e, _ in matches}
+                                                                 and t.end in starts)]
+        context = _Sentence(words, triggers, starts, self.max_scope)
         negations = [t for t in triggers if t.kind == "neg"]
         # An uncertainty trigger inside a negation scope is negated ("no evidence to suggest pneumonia").
-        uncertain = [t for t in triggers if t.kind == "unc"
-                     and not any(self._covers(n, (t.start, t.end), terminators, len(words)) for n in negations)]
+        context.triggers = [t for t in triggers if t.kind not in ("unc", "alt")
+                            or not any(context.covers(n, (t.start, t.end)) for n in negations)]
         out = [self._mention(sentence, tokens, s, e, entity, ABSENT, "absent phrase") for s, e, entity in absent]
-        for start, end, entity in matches:
-            status, cause = PRESENT, None
+        for start, end, entity in sorted(matches):
+            if entity in self._exclusions and self._exclusions[entity].intersection(words):
+                continue
             span = (start, end)
-            negated = next((t for t in negations if self._covers(t, span, terminators, len(words))), None)
-            unsure = next((t for t in uncertain if self._covers(t, span, terminators, len(words))), None)
+            if context.first("hyp", span) is not None:
+                continue
+            unsure = context.first("unc", span) or context.first("alt", span)
+            negated = context.first("neg", span)
             if unsure is not None:
-                status, cause = UNCERTAIN, unsure.phrase
+                out.append(self._mention(sentence, tokens, start, end, entity, UNCERTAIN, unsure.phrase))
             elif negated is not None:
-                status, cause = ABSENT, negated.phrase
-            out.append(self._mention(sentence, tokens, start, end, entity, status, cause))
+                out.append(self._mention(sentence, tokens, start, end, entity, ABSENT, negated.phrase))
+            else:
+                out.append(self._mention(sentence, tokens, start, end, entity, PRESENT, None))
         return out
 
     @staticmethod

@@ -25,6 +25,12 @@ def labeler():
     return ReportLabeler()
 
 
+@pytest.fixture(scope="module")
+def cautious():
+    """The CheXpert reading of alternatives: "A versus B" is uncertain for both."""
+    return ReportLabeler(alternatives="uncertain")
+
+
 def test_sections_of_a_mimic_report():
     sections = parse_sections(REPORT)
     assert sections["findings"].startswith("Heart size is mildly enlarged. There is a small left pleural effusion, not")
@@ -66,7 +72,7 @@ def test_sentence_splitting_keeps_decimals_and_list_markers():
     ("No findings to suggest pneumonia.", {"pneumonia": 0}),
     ("Heart size is normal.", {"cardiomegaly": 0}),
     ("The previously seen pneumothorax has resolved.", {"pneumothorax": 0}),
-    ("Mild pulmonary edema versus atypical infection.", {"edema": -1}),
+    ("Mild pulmonary edema versus pneumonia.", {"edema": 1, "pneumonia": 1}),  # alternatives="present"
     ("Subcutaneous emphysema in the left chest wall.", {"subcutaneous_emphysema": 1}),
     ("Small bilateral pleural effusions.", {"pleural_effusion": 1}),
     ("Nasogastric tube has been removed.", {"nasogastric_tube": 0}),
@@ -121,3 +127,130 @@ def test_children_roll_up_to_chexpert_style_parents(labeler):
     labels = labeler.label("No nodule. Large left lung mass.")
     assert labels["lung_lesion"] == 1 and labels["nodule"] == 0
     assert labeler.label("Left chest tube in place.")["support_devices"] == 1
+
+
+# ---- the error classes found on real reports (sentences written for these tests, in the style of real reports)
+
+
+def _findings(labels: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in labels.items() if k not in ("no_finding", "support_devices", "lung_lesion")}
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    # a normal phrase ("lungs are clear") must not consume the "clear of" that negates the list after it
+    ("The lungs are clear of focal airspace disease, pneumothorax, or pleural effusion.",
+     {"lung_opacity": 0, "pneumothorax": 0, "pleural_effusion": 0}),
+    ("Lungs are clear of infiltrate or effusion.", {"lung_opacity": 0, "infiltration": 0, "pleural_effusion": 0}),
+])
+def test_clear_of_negates_the_list(labeler, cautious, sentence, expected):
+    assert _findings(labeler.label(sentence)) == expected
+    assert _findings(cautious.label(sentence)) == expected  # "or" inside a negated list stays negated
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    # negation written after the finding
+    ("Mediastinal contours and vascular engorgement are unremarkable.", {"vascular_congestion": 0}),
+    ("Heart size and pulmonary vascular congestion appear within normal limits.", {"vascular_congestion": 0}),
+    ("The small right apical pneumothorax has resolved.", {"pneumothorax": 0}),
+    ("Left basilar consolidation has cleared in the interval.", {"consolidation": 0}),
+    # a negation reaching further than 12 words
+    (("Negative for focal consolidation within the right or left lower lobes, large pleural effusion, or "
+      "pneumothorax."), {"consolidation": 0, "pleural_effusion": 0, "pneumothorax": 0}),
+    # a backward negation stops at a comma that starts a new clause
+    ("Moderate cardiomegaly, the pulmonary vasculature is within normal limits.", {"cardiomegaly": 1}),
+])
+def test_negation_after_the_finding_and_long_scopes(labeler, sentence, expected):
+    assert _findings(labeler.label(sentence)) == expected
+
+
+def test_numbered_items_without_full_stop_are_sentences(labeler):
+    assert split_sentences("1. Bilateral pleural effusions 2. Possible right basilar pneumonia") == [
+        "Bilateral pleural effusions", "Possible right basilar pneumonia"]
+    assert split_sentences("1.Healing left rib fracture. 2.Clear lungs") == ["Healing left rib fracture.",
+                                                                            "Clear lungs"]
+    labels = labeler.label(" FINDINGS: \n IMPRESSION: 1. Stable cardiomegaly 2. No pulmonary edema 3. Probable "
+                           "small left effusion\n")
+    assert _findings(labels) == {"cardiomegaly": 1, "edema": 0, "pleural_effusion": 1}
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    ("Calcified granulomas/lymph nodes in the right hilum.", {"granuloma": 1}),
+    ("Bibasilar atelectasis/scarring.", {"atelectasis": 1, "scarring": 1}),
+])
+def test_slashes_separate_words(labeler, sentence, expected):
+    assert _findings(labeler.label(sentence)) == expected
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    ("A superimposed pneumonia would be difficult to exclude.", {"pneumonia": -1}),
+    ("Pneumonia is in the differential.", {"pneumonia": -1}),
+    ("Right basilar opacity may be secondary to atelectasis.", {"lung_opacity": 1, "atelectasis": -1}),
+    ("Small left effusion cannot be excluded.", {"pleural_effusion": -1}),
+    ("No findings to suggest pneumonia.", {"pneumonia": 0}),
+    ("Pneumothorax is unlikely.", {"pneumothorax": 0}),
+])
+def test_hedges(labeler, sentence, expected):
+    assert _findings(labeler.label(sentence)) == expected
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    ("The heart is large.", {"cardiomegaly": 1}),
+    ("Borderline heart size.", {"cardiomegaly": 1}),
+    ("Heart size is slightly enlarged.", {"cardiomegaly": 1}),
+    ("The heart is not enlarged.", {"cardiomegaly": 0}),
+    ("Several small calcified granulomata in the left upper lobe.", {"granuloma": 1}),
+    ("Sequelae of prior granulomatous infection.", {"granuloma": 1}),
+    ("Mild dextrocurvature of the thoracic spine.", {"scoliosis": 1}),
+    ("Slight curvature of the thoracolumbar spine.", {"scoliosis": 1}),
+    ("Mild central pulmonary vascular prominence.", {"vascular_congestion": 1}),
+    ("Prominence of the central pulmonary vasculature.", {"vascular_congestion": 1}),
+    ("Bibasilar atelectases.", {"atelectasis": 1}),
+])
+def test_synonyms_and_morphology(labeler, sentence, expected):
+    assert _findings(labeler.label(sentence)) == expected
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    # airspace disease and nodular opacities are opacities, not consolidation / a nodule
+    ("Patchy airspace disease in the right lower lobe.", {"lung_opacity": 1}),
+    ("A 6 mm nodular opacity projects over the left fifth rib.", {"lung_opacity": 1}),
+    # an enlarged cardiac silhouette is an enlarged cardiomediastinum, not necessarily a large heart
+    ("The cardiac silhouette is enlarged.", {"enlarged_cardiomediastinum": 1}),
+    # post-operative material is not a support device; volume loss alone is not atelectasis
+    ("Surgical clips in the right upper quadrant.", {}),
+    ("Stable coronary artery stent.", {}),
+    ("Mild left-sided volume loss after thoracotomy.", {}),
+])
+def test_vocabulary_conventions(labeler, sentence, expected):
+    labels = labeler.label(sentence)
+    assert _findings(labels) == expected
+    assert "support_devices" not in labels
+
+
+def test_devices_found_without_their_name(labeler):
+    assert labeler.label("Right-sided catheter with tip at the cavoatrial junction.")["support_devices"] == 1
+    assert labeler.label("Left chest wall AICD with leads in the right ventricle.")["pacemaker"] == 1
+
+
+@pytest.mark.parametrize("sentence", [
+    "Healing fracture of the left femoral neck.",  # another body part
+    "The lateral fixation screw is fractured.",  # hardware, not bone
+    "Recommend chest CT to evaluate for a pulmonary nodule.",  # hypothetical
+    "Subtle nondisplaced fractures may not be demonstrated.",  # hypothetical
+])
+def test_mentions_that_are_not_chest_findings_are_dropped(labeler, sentence):
+    assert _findings(labeler.label(sentence)) == {}
+
+
+def test_probable_and_alternatives_conventions(labeler, cautious):
+    assert labeler.label("Probable small left pleural effusion.")["pleural_effusion"] == 1
+    assert labeler.label("Findings most consistent with pulmonary edema.")["edema"] == 1
+    assert labeler.label("Possible small left pleural effusion.")["pleural_effusion"] == -1
+    text = "Left basilar atelectasis versus infiltrate."
+    # infiltration rolls up to its CheXpert parent, lung_opacity
+    assert _findings(labeler.label(text)) == {"atelectasis": 1, "infiltration": 1, "lung_opacity": 1}
+    assert _findings(cautious.label(text)) == {"atelectasis": -1, "infiltration": -1, "lung_opacity": -1}
+    assert _findings(cautious.label("Streaky opacity, atelectasis or scarring.")) == {
+        "lung_opacity": 1, "atelectasis": -1, "scarring": -1}
+    with pytest.raises(ValueError, match="alternatives must be one of"):
+        ReportLabeler(alternatives="maybe")
