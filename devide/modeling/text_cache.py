@@ -16,6 +16,8 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
+from .text_encoding import encode_bucketed, sentence_transformers_route
+
 
 def text_key(text: str) -> str:
     """Cache key of a sentence: SHA-256 hex of its UTF-8 bytes."""
@@ -91,6 +93,7 @@ class TextTower(nn.Module):
         self.pooling = pooling
         self.hidden_size = int(config.hidden_size)
         self.cache = EmbeddingCache(cache_size)
+        self._routes: dict[str, object] = {}  # source folder -> sentence-transformers route (or None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask: [n, L] -> FloatTensor [n, d_t]."""
@@ -99,6 +102,22 @@ class TextTower(nn.Module):
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def encode_texts(self, texts: Sequence[str], tokenizer, max_length: int, source: str | None = None
+                     ) -> torch.Tensor:
+        """``texts`` -> [n, d_t] pooled embeddings (input order), in length-sorted batches (text_encoding.py).
+
+        ``source``: the folder the tower came from; a sentence-transformers folder lets
+        ``SentenceTransformer.encode`` run the batches when no gradient is wanted and the tower is in eval
+        mode. Same embeddings as ``forward`` on each text alone, to float rounding.
+        """
+        if source is not None and not torch.is_grad_enabled() and not self.encoder.training:
+            if source not in self._routes:
+                self._routes[source] = sentence_transformers_route(source, self.pooling, self.hidden_size)
+            route = self._routes[source]
+            if route is not None:
+                return route.encode(self.encoder, tokenizer, texts, max_length)
+        return encode_bucketed(self, tokenizer, texts, max_length)
 
     def encode_cached(self, texts: Sequence[str], encode_fn, device: torch.device) -> torch.Tensor:
         """Embeddings of ``texts`` [n, d_t] from the cache; misses are encoded (no grad) by ``encode_fn``.
