@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, SecretStr, ValidationError
@@ -21,6 +22,15 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, SecretStr, ValidationEr
 ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 REDACTED = "***REDACTED***"
 _SECRET_NAME = re.compile(r"(^|_)key$|token|secret|password|passwd|credential", re.IGNORECASE)
+# Query parameters that carry credentials in URLs (``?api_key=``, ``&token=``, ``?sig=``...).
+_SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|auth|credential|sig|signature|session",
+                           re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# What an API key or token looks like when pasted where a name belongs: a known prefix, or a long run of
+# letters and digits mixed (an environment variable NAME is upper-case words and underscores).
+_SECRET_VALUE = re.compile(r"^(sk|pk|rk|hf|ghp|gho|ghu|ghs|ghr|glpat|xox[abpr])[-_][-_A-Za-z0-9]{16,}$"
+                           r"|^AKIA[0-9A-Z]{16}$|^AIza[-_0-9A-Za-z]{35}$"
+                           r"|^(?=.*[a-z])(?=.*[A-Z])(?=.*[0-9])[-_A-Za-z0-9]{32,}$")
 
 
 class ConfigError(ValueError):
@@ -45,6 +55,45 @@ C = TypeVar("C", bound=BaseModel)
 def is_secret_key(name: str) -> bool:
     """True for keys named like ``*_key``, ``*token*``, ``*secret*``, ``*password*``."""
     return bool(_SECRET_NAME.search(name))
+
+
+def looks_like_secret(value: Any) -> bool:
+    """True for a string shaped like an API key or token (``sk-...``, ``hf_...``, long mixed alphanumerics)."""
+    return isinstance(value, str) and bool(_SECRET_VALUE.match(value.strip()))
+
+
+def redact_url(url: str) -> str:
+    """``http://user:key@host/v1?api_key=K&x=1`` -> ``http://***REDACTED***@host/v1?api_key=***REDACTED***&x=1``:
+    credentials in the userinfo and in secret-named query parameters never reach a file or a log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
+            query = urlencode([(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Every URL inside ``text`` redacted (:func:`redact_url`); a lone secret-shaped token replaced."""
+    if looks_like_secret(text):
+        return REDACTED
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line safe to record: URLs redacted, and secret-shaped values (also after ``--x=``) replaced."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        out.append(f"{flag}{eq}{redact_text(value)}" if eq or not flag else arg)
+    return out
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -121,6 +170,10 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> str
         return f"missing required config key '{loc}' for {model.__name__}{more}"
     got = err.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    if is_secret_key(loc) or "key" in loc.lower() or looks_like_secret(got):
+        shown = "a value that is not shown, as it may be a secret"
+    elif isinstance(got, str):
+        shown = repr(redact_text(got))
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return f"invalid config key '{loc}': {err['msg']} (got {shown}){more}"
@@ -153,7 +206,9 @@ def _redact(value: Any, raw: Any, key: str = "") -> Any:
     if key and is_secret_key(key) and value not in (None, ""):
         return REDACTED
     if isinstance(raw, str) and "${env:" in raw:
-        return raw  # keep the placeholder, not the environment's value
+        return redact_text(raw)  # keep the placeholder, not the environment's value
+    if isinstance(value, str):
+        return redact_text(value)  # credentials inside URLs (http://user:key@host, ?api_key=)
     if isinstance(value, dict):
         raw_map = raw if isinstance(raw, dict) else {}
         return {k: _redact(v, raw_map.get(k), str(k)) for k, v in value.items()}

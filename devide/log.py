@@ -15,12 +15,26 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
+from devide.config import redact_text
+
 T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def is_quiet() -> bool:
     return os.environ.get("DEVIDE_QUIET", "") not in ("", "0", "false")
+
+
+class RedactingFilter(logging.Filter):
+    """Credentials inside URLs (``http://user:key@host``, ``?api_key=``) never reach a log: HTTP clients log
+    the full request URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
@@ -35,6 +49,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler._devide_console = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RedactingFilter())
         root.addHandler(handler)
     handler.setLevel(level)
     for noisy in ("httpx", "httpx2", "urllib3", "filelock", "matplotlib", "PIL", "scrapy", "twisted"):
@@ -47,6 +62,7 @@ def stage_log_file(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     previous_level = root.level
     root.setLevel(logging.DEBUG)

@@ -9,7 +9,9 @@ A :class:`Stage` is executed by :func:`execute_stage`:
   code hash, package versions, timings, counts, status) are written beside the outputs, with ``stage.log``;
 * when the inputs, the config and the stage's code are unchanged and the manifest says ``complete``, the
   stage is skipped (editing the code behind a stage, or upgrading devide, reruns it: stale results are never
-  reused silently).
+  reused silently);
+* one run at a time per artifact: the up-to-date check, the partial folder and the promotion happen under an
+  exclusive lock (:mod:`devide.locking`); a second run fails at once with one line naming the holder's PID.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from devide.config import ConfigError, StageConfig, config_hash, dump_resolved
+from devide.config import ConfigError, StageConfig, config_hash, dump_resolved, redact_argv
+from devide.locking import LockHeldError, exclusive
 from devide.log import stage_log_file
 
 MANIFEST = "manifest.json"
@@ -290,6 +293,17 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
     fingerprint = stage_fingerprint(stage, cfg)
     previous = read_manifest(out)
     if not force and previous and previous.get("status") == "complete" and _same_fingerprint(previous, fingerprint):
+    if not is_main_process():  # rank 0 holds the lock for the whole launch
+        return _execute_locked(stage, cfg, out, force=force, quiet=quiet)
+    try:
+        with exclusive(out, f"artifact {out}"):
+            return _execute_locked(stage, cfg, out, force=force, quiet=quiet)
+    except LockHeldError as exc:
+        raise StageError(str(exc)) from None
+
+
+def _execute_locked(stage: Stage, cfg: StageConfig, out: Path, *, force: bool, quiet: bool) -> StageResult:
+    """:func:`execute_stage` once the artifact's lock is held (or on a non-zero rank)."""
         logger.info("%s: up to date, skipped (%s)", stage.name, out)
         return StageResult("skipped", out, previous)
 
@@ -303,7 +317,7 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
         "status": "running",
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
-        "argv": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+        "argv": redact_argv([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
     }
     write_json_atomic(partial / MANIFEST, manifest)
     ctx = StageContext(work_dir=partial, out=out, logger=logging.getLogger(f"devide.{stage.name}"), quiet=quiet)

