@@ -34,9 +34,9 @@ Design after pyConText / NegEx and the CheXpert labeler (mention -> context -> a
    either way.
 
 Vocabulary conventions (deliberate, see docs/knowledge.md): "airspace disease" and "nodular opacity" are lung
-opacities (not consolidation, not a nodule); an enlarged *cardiac silhouette* is an enlarged
-cardiomediastinum, an enlarged *heart* (borderline included) is cardiomegaly; surgical clips, sternotomy
-wires and stents are post-operative material, not support devices; volume loss alone is not atelectasis.
+opacities (not consolidation, not a nodule); an enlarged heart or cardiac silhouette, borderline included, is
+cardiomegaly; surgical clips and stents are not support devices (sternotomy wires, lines, tubes, catheters,
+pacemakers, ports, valves and stimulators are); volume loss alone is not atelectasis.
 
 Labels per study: 1 present, 0 absent, -1 uncertain; entities never mentioned are absent from the dict. Across
 mentions, present beats uncertain beats absent. A child's status also counts for its parents (nodule ->

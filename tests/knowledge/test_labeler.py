@@ -214,9 +214,9 @@ def test_synonyms_and_morphology(labeler, sentence, expected):
     # airspace disease and nodular opacities are opacities, not consolidation / a nodule
     ("Patchy airspace disease in the right lower lobe.", {"lung_opacity": 1}),
     ("A 6 mm nodular opacity projects over the left fifth rib.", {"lung_opacity": 1}),
-    # an enlarged cardiac silhouette is an enlarged cardiomediastinum, not necessarily a large heart
-    ("The cardiac silhouette is enlarged.", {"enlarged_cardiomediastinum": 1}),
-    # post-operative material is not a support device; volume loss alone is not atelectasis
+    # an enlarged cardiac silhouette is cardiomegaly (CheXpert's reading and the phantom's)
+    ("The cardiac silhouette is enlarged.", {"cardiomegaly": 1}),
+    # clips and stents are not support devices (sternotomy wires are); volume loss alone is not atelectasis
     ("Surgical clips in the right upper quadrant.", {}),
     ("Stable coronary artery stent.", {}),
     ("Mild left-sided volume loss after thoracotomy.", {}),
