@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from devide.config import redact_url
 from devide.stage import StageContext, StageError
 from knowledge.base import write_knowledge_base
 from knowledge.cache import AnswerCache
@@ -88,7 +89,7 @@ def guard_privacy(cfg: HarmonizeConfig, base_url: str, sources: SourceSet) -> No
         i.kind == "report" for items in sources.items.values() for i in items)
     if has_reports and not is_loopback_url(base_url) and not cfg.allow_remote_reports:
         raise StageError("refusing to send report-derived text to a non-loopback endpoint "
-                         f"({base_url.split('//')[-1].split('/')[0]}); reports are credentialed data: pass "
+                         f"({redact_url(base_url)}); reports are credentialed data: pass "
                          "--allow-remote-reports only if your data use agreement permits it, or drop 'report' "
                          "from llm_sources")
 

@@ -62,3 +62,15 @@ def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(tmp_path, c
         assert USER_SECRET not in str(exc) and "temperature" in str(exc)
     else:
         raise AssertionError("a secret-shaped temperature must be refused")
+
+
+def test_the_privacy_refusal_names_the_endpoint_without_its_credentials(tmp_path, report_root):
+    import pytest
+
+    from devide.stage import StageError
+
+    url = f"http://alice:{USER_SECRET}@10.255.255.1:9/v1"
+    with pytest.raises(StageError, match="refusing to send report-derived text") as info:
+        harmonize(tmp_path / "kb", backend="openai", base_url=url, model="m", reports=report_root,
+                  entities=["pleural_effusion"])
+    assert USER_SECRET not in str(info.value) and "10.255.255.1" in str(info.value)
