@@ -9,8 +9,9 @@ images ``files/pXX/p<subject>/s<study>/<dicom_id>.jpg`` and study reports ``file
   from the knowledge report labeler (every vocabulary entity).
 * Every image is decoded once (:func:`devide.data.image_io.inspect_image`); a bad file is written to
   ``rejects.csv`` with its reason and counted in the manifest, and never stops the stage. Images on disk that
-  the metadata does not list, metadata rows without a split, studies without a report and subjects found in
-  two splits are recorded the same way.
+  the metadata does not list, metadata rows without a split, studies without a report, report files that are
+  empty, binary or undecodable, and subjects found in two splits are recorded the same way. A report that is
+  not UTF-8 is decoded with the declared ``report_encoding_fallback`` (cp1252 by default) and counted.
 * Output: ``dataset/`` (``datasets.DatasetDict`` by split: train / validate / test, image paths relative to
   the root), ``rejects.csv``, ``entities.json`` (label order) and ``summary.json``.
 
@@ -20,6 +21,7 @@ images resumes where it stopped.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
@@ -33,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from devide.config import ConfigError, StageConfig
 from devide.data.image_io import MISSING, ImageCheck, inspect_image, reason_code
@@ -55,6 +57,13 @@ UNLISTED = "unlisted"
 NO_SPLIT = "no-split"
 MISSING_REPORT = "missing-report"
 SPLIT_LEAK = "split-leak"
+EMPTY_REPORT = "empty-report"
+BINARY_REPORT = "binary-report"
+UNDECODABLE_REPORT = "undecodable-report"
+# Bytes that never occur in a text report (C0 controls but tab, newlines, form feed; DEL). One NUL, or more
+# than this share of them, makes a file binary.
+CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13)) + b"\x7f"
+MAX_CONTROL_SHARE = 0.01
 
 
 class PrepareDataConfig(StageConfig):
@@ -82,6 +91,19 @@ class PrepareDataConfig(StageConfig):
     on_split_leak: Literal["error", "reject"] = Field(
         default="error", description="a subject in two splits: fail, or reject all of its images")
     workers: int = Field(default=4, ge=1, description="threads decoding images")
+    report_encoding_fallback: str | None = Field(
+        default="cp1252", description="encoding tried for a report that is not UTF-8 (counted in summary.json); "
+                                      "null rejects such reports")
+
+    @field_validator("report_encoding_fallback")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}") from None
+        return value
 
 
 # ---------------------------------------------------------------------------------------------- reading CSVs
@@ -198,21 +220,46 @@ def load_vocab(path: Path | None) -> Any:
 # ---------------------------------------------------------------------------------------------- reports
 
 
-def read_report(path: Path) -> dict[str, str] | None:
-    """The report's findings, impression and the text the model reads; None when the file does not exist."""
+def decode_report(data: bytes, fallback: str | None) -> tuple[str, str] | str:
+    """(text, encoding) of a report file's bytes, or the rejection reason (``code: detail``) of a file that
+    is empty, binary, or neither UTF-8 nor ``fallback``."""
+    if not data.strip():
+        return f"{EMPTY_REPORT}: the report file is empty"
+    controls = sum(data.count(bytes([b])) for b in CONTROL_BYTES)
+    if b"\0" in data or controls > MAX_CONTROL_SHARE * len(data):
+        return f"{BINARY_REPORT}: {controls} control byte(s) in {len(data)}, not a text report"
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        if fallback is None:
+            return f"{UNDECODABLE_REPORT}: not UTF-8 (byte {exc.start}) and no report_encoding_fallback"
+    try:
+        return data.decode(fallback), fallback
+    except UnicodeDecodeError as exc:
+        return f"{UNDECODABLE_REPORT}: neither UTF-8 nor {fallback} (byte {exc.start})"
+
+
+def read_report(path: Path, fallback: str | None = "cp1252") -> dict[str, str] | str | None:
+    """The report's findings, impression, the text the model reads and the encoding it was read with; a
+    rejection reason for an empty, binary or undecodable file; None when the file does not exist."""
     from knowledge.labeler import parse_sections
 
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        decoded = decode_report(path.read_bytes(), fallback)
     except FileNotFoundError:
         return None
+    if isinstance(decoded, str):
+        return decoded
+    text, encoding = decoded
     sections = parse_sections(text)
     findings = " ".join(str(sections.get("findings", "")).split())
     impression = " ".join(str(sections.get("impression", "")).split())
     body = " ".join(part for part in (findings, impression) if part)
     if not body:  # ~5% of MIMIC reports have neither section: fall back to the whole report
         body = " ".join(text.replace("FINAL REPORT", " ").split())
-    return {"findings": findings, "impression": impression, "report_text": body}
+    if not body:
+        return f"{EMPTY_REPORT}: no text besides the FINAL REPORT header"
+    return {"findings": findings, "impression": impression, "report_text": body, "encoding": encoding}
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -357,13 +404,15 @@ def select_rows(frame: pd.DataFrame, cfg: PrepareDataConfig, rejects: Rejects) -
     return frame.sort_values(["split", "subject_id", "study_id", "dicom_id"]).reset_index(drop=True), filtered
 
 
-def attach_reports(frame: pd.DataFrame, reports_root: Path, workers: int) -> pd.DataFrame:
-    """Columns findings / impression / report_text per image (None where the study has no report file)."""
+def attach_reports(frame: pd.DataFrame, reports_root: Path, workers: int,
+                   fallback: str | None = "cp1252") -> pd.DataFrame:
+    """Column ``report`` per image: the study's report (a dict), a rejection reason (str) for a bad report
+    file, or None where the study has no report file."""
     studies = frame[["subject_id", "study_id"]].drop_duplicates()
     paths = [reports_root / report_relpath(s, t) for s, t in zip(studies["subject_id"], studies["study_id"])]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reports = list(progress(pool.map(read_report, paths), total=len(paths), desc="reading reports",
-                                unit="report"))
+        reports = list(progress(pool.map(lambda p: read_report(p, fallback), paths), total=len(paths),
+                                desc="reading reports", unit="report"))
     by_study = dict(zip(studies["study_id"], reports))
     frame = frame.copy()
     frame["report"] = frame["study_id"].map(by_study)
@@ -454,7 +503,17 @@ def run(cfg: PrepareDataConfig, ctx: StageContext) -> dict[str, Any]:
         rejects.add(check.reason, row["image_path"], row)
     frame = frame[[not b for b in bad]]
 
-    frame = attach_reports(frame, Path(cfg.reports_root or root), cfg.workers)
+    frame = attach_reports(frame, Path(cfg.reports_root or root), cfg.workers, cfg.report_encoding_fallback)
+    bad_report = frame["report"].map(lambda r: isinstance(r, str))
+    for row in frame[bad_report].to_dict("records"):  # always rejected: an unreadable report is not "no report"
+        rejects.add(f"{row['report']} ({report_relpath(row['subject_id'], row['study_id'])})", row["image_path"], row)
+    frame = frame[~bad_report]
+    fallback_studies = {s for s, r in zip(frame["study_id"], frame["report"])
+                        if isinstance(r, dict) and r["encoding"] != "utf-8"}
+    counts["reports_decoded_with_fallback"] = len(fallback_studies)
+    if fallback_studies:
+        ctx.logger.warning("%d report(s) were not UTF-8 and were read as %s", len(fallback_studies),
+                           cfg.report_encoding_fallback)
     if cfg.require_report:
         no_report = ~frame["report"].map(lambda r: isinstance(r, dict))
         for row in frame[no_report].to_dict("records"):

@@ -160,3 +160,42 @@ def test_images_without_report_can_be_kept(tmp_path):
     row = next(r for r in train if r["study_id"] == 50000020)
     assert row["report_text"] == "" and row["findings"] == ""
     assert "missing-report" not in result.manifest["counts"]["rejected"]
+
+
+def test_empty_binary_and_undecodable_reports_are_rejected_and_fallback_decoding_is_counted(tmp_path):
+    """Issue 19.6: empty, non-UTF-8 and binary report files were kept with report_text '', mojibake or NULs."""
+    fx = build(tmp_path / "root")
+    files = {
+        50000040: b"   \n\n  ",  # validate study: empty
+        50000050: b"\x00\x01\x02\x03PK\x03\x04" * 20,  # test study: binary
+        50000030: b" FINDINGS: Large right pneumothorax. Caf\xe9 au lait spot.\n IMPRESSION: Pneumothorax.\n",
+    }
+    subjects = {50000040: 10000004, 50000050: 10000005, 50000030: 10000003}
+    for study, data in files.items():
+        (fx.root / report_relpath(subjects[study], study)).write_bytes(data)
+    _, result = run_prepare(tmp_path, fx)
+    rejects = read_rejects(result.out)
+    by_study = {int(r["study_id"]): r for r in rejects.values() if r["study_id"]}
+    assert by_study[50000040]["reason_code"] == "empty-report"
+    assert by_study[50000050]["reason_code"] == "binary-report"
+    assert by_study[50000050]["reason"].endswith("(files/p10/p10000005/s50000050.txt)")
+    counts = result.manifest["counts"]
+    assert counts["rejected"]["empty-report"] == 1 and counts["rejected"]["binary-report"] == 1
+    assert counts["reports_decoded_with_fallback"] == 1
+    data = datasets.load_from_disk(str(result.out / "dataset"))
+    assert set(data) == {"train"}  # the validate and test studies lost their only images
+    row = next(r for r in data["train"] if r["study_id"] == 50000030)
+    assert "Café au lait spot." in row["findings"] and "\ufffd" not in row["report_text"]
+    assert all(r["report_text"].strip() for r in data["train"])
+
+    # Without a fallback the latin-1 report is rejected too, with its reason.
+    _, strict = run_prepare(tmp_path / "strict", fx, report_encoding_fallback=None)
+    reasons = {int(r["study_id"]): r["reason"] for r in read_rejects(strict.out).values() if r["study_id"]}
+    assert reasons[50000030].startswith("undecodable-report: not UTF-8 (byte ")
+
+
+def test_unknown_report_encoding_is_a_config_error(tmp_path):
+    from devide.config import ConfigError
+
+    with pytest.raises(ConfigError, match="report_encoding_fallback.*unknown encoding 'klingon'"):
+        load_config(PrepareDataConfig, overrides={"root": str(tmp_path), "report_encoding_fallback": "klingon"})
