@@ -136,6 +136,16 @@ class DatasetAdapter(ABC):
                 return path
         raise AdapterError(f"{self.name}: none of {', '.join(candidates)} found under {self.root}")
 
+    def require_columns(self, table: Any, columns: Iterable[str], label_file: Path, what: str = "") -> None:
+        """One-line error naming every missing column (and the columns the file has) before any row is read:
+        a renamed or missing column must never surface as a KeyError or silently change results."""
+        present = [str(c) for c in table.columns]
+        missing = [c for c in columns if c not in present]
+        if missing:
+            shown = ", ".join(present[:12]) + (", ..." if len(present) > 12 else "")
+            raise AdapterError(f"{self.name}: {label_file.name} lacks column(s) {', '.join(missing)}"
+                               f"{' ' + what if what else ''} (it has: {shown or 'no columns'})")
+
     def rel(self, path: Path) -> str:
         try:
             return path.relative_to(self.root).as_posix()

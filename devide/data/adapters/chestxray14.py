@@ -14,7 +14,6 @@ import pandas as pd
 
 from devide.data.adapters import register
 from devide.data.adapters.base import (
-    AdapterError,
     DatasetAdapter,
     EvalRecord,
     EvalSet,
@@ -30,6 +29,8 @@ from devide.data.adapters.base import (
 CLASSES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
            "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
 BBOX_NAMES = {"Infiltrate": "Infiltration"}
+# Patient ID drives the val split and the patient bootstrap; gender and age the subgroup analysis.
+REQUIRED = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender")
 
 
 def image_index(root: Path) -> dict[str, Path]:
@@ -53,9 +54,7 @@ class ChestXray14(DatasetAdapter):
         entry_path = self.require("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv.gz",
                                   "Data_Entry_2017.csv.gz")
         entries = pd.read_csv(entry_path, dtype=str, keep_default_na=False)
-        missing = {"Image Index", "Finding Labels"} - set(entries.columns)
-        if missing:
-            raise AdapterError(f"{self.name}: {entry_path.name} lacks column(s) {', '.join(sorted(missing))}")
+        self.require_columns(entries, REQUIRED, entry_path)
         wanted = self._split_names(split, entries)
         boxes = self._boxes(eval_set)
         images = image_index(self.root)
@@ -77,8 +76,8 @@ class ChestXray14(DatasetAdapter):
                 continue
             eval_set.records.append(EvalRecord(
                 image_id=name, path=images[name], labels=labels, boxes=boxes.get(name, {}),
-                patient_id=fields.get("Patient ID", "").strip() or None,
-                sex=parse_sex(fields.get("Patient Gender")), age=parse_age(fields.get("Patient Age"))))
+                patient_id=fields["Patient ID"].strip() or None,
+                sex=parse_sex(fields["Patient Gender"]), age=parse_age(fields["Patient Age"])))
         for name in sorted(wanted):
             eval_set.rejections.append(Rejection(entry_rel, name, "listed in the split file but not in Data_Entry"))
 
@@ -86,7 +85,7 @@ class ChestXray14(DatasetAdapter):
         if split == "test":
             return set(read_lines(self.require("test_list.txt")))
         names = set(read_lines(self.require("train_val_list.txt")))
-        patient = dict(zip(entries["Image Index"], entries.get("Patient ID", entries["Image Index"]), strict=True))
+        patient = dict(zip(entries["Image Index"], entries["Patient ID"], strict=True))
         return {n for n in names if hash_split(str(patient.get(n, n)).strip()) == "val"}
 
     @staticmethod

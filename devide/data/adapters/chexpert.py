@@ -18,7 +18,6 @@ import pandas as pd
 
 from devide.data.adapters import register
 from devide.data.adapters.base import (
-    AdapterError,
     DatasetAdapter,
     EvalRecord,
     EvalSet,
@@ -54,17 +53,17 @@ class CheXpert(DatasetAdapter):
             label_file = self.require(*TEST_FILES)
             eval_set.notes.append(f"split: {self.rel(label_file)}")
         table = pd.read_csv(label_file, dtype=str, keep_default_na=False).rename(columns=RENAMES)
-        absent = [c for c in CLASSES if c not in table.columns]
-        if len(absent) == len(CLASSES):
-            raise AdapterError(f"{self.name}: {label_file.name} has none of the CheXpert label columns")
-        eval_set.classes = [c for c in CLASSES if c in table.columns]
-        eval_set.label_sets = {"competition": [c for c in COMPETITION if c in eval_set.classes]}
-        if "Study" in table.columns and "Path" not in table.columns:
+        key = "Study" if "Study" in table.columns and "Path" not in table.columns else "Path"
+        # every class column (a missing one would silently drop a class), and the demographics of the
+        # CheXpert release's own files (valid.csv); derived test files may have none (noted)
+        demographics = ("Sex", "Age") if split == "val" else ()
+        self.require_columns(table, (key, *CLASSES, *demographics), label_file)
+        if split != "val" and "Sex" not in table.columns:
+            eval_set.notes.append(f"{label_file.name} has no Sex/Age columns: no subgroup analysis")
+        if key == "Study":
             self._read_studies(table, label_file, eval_set)
-        elif "Path" in table.columns:
-            self._read_images(table, label_file, eval_set)
         else:
-            raise AdapterError(f"{self.name}: {label_file.name} has neither a Path nor a Study column")
+            self._read_images(table, label_file, eval_set)
 
     def _labels(self, fields: dict, classes: list[str]) -> dict[str, int]:
         labels = {}

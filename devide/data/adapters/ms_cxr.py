@@ -44,6 +44,8 @@ class MSCXR(DatasetAdapter):
         label_file = self.require("MS_CXR_Local_Alignment_v1.1.0.csv", "MS_CXR_Local_Alignment_v1.0.0.csv")
         source = self.rel(label_file)
         table = pd.read_csv(label_file, dtype=str, keep_default_na=False)
+        self.require_columns(table, ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
+                                     "image_width", "image_height"), label_file)
         if "split" in table.columns:
             table = table[table["split"].str.strip().str.lower().isin({SPLITS[split], "valid", "validation"}
                                                                       if split == "val" else {"test"})]

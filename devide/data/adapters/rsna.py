@@ -29,6 +29,8 @@ from devide.data.adapters.base import (
 )
 
 CLASS = "Pneumonia"
+KAGGLE_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+MEDKLIP_COLUMNS = ("img_path", "boxes", "classes")
 
 
 @register("rsna-pneumonia")
@@ -53,6 +55,7 @@ class RSNAPneumonia(DatasetAdapter):
     def _read_kaggle(self, label_file: Path, split: str, eval_set: EvalSet) -> None:
         source = self.rel(label_file)
         table = pd.read_csv(label_file, dtype=str, keep_default_na=False)
+        self.require_columns(table, KAGGLE_COLUMNS, label_file)
         image_dir = self.root / label_file.name.replace("_labels.csv", "_images")
         patients: dict[str, tuple[set[int], list[Box]]] = {}
         for row_no, row in enumerate(table.to_dict("records"), start=2):
@@ -82,9 +85,10 @@ class RSNAPneumonia(DatasetAdapter):
     def _read_medklip(self, split_file: Path, eval_set: EvalSet) -> None:
         source = self.rel(split_file)
         table = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+        self.require_columns(table, MEDKLIP_COLUMNS, split_file)
         for row_no, row in enumerate(table.to_dict("records"), start=2):
             boxes: list[Box] = []
-            text = row.get("boxes", "").strip()
+            text = row["boxes"].strip()
             bad = False
             for part in [p for p in text.split("|") if p and p.lower() != "nan"]:
                 box = _box(*(part.split(";") + ["", "", "", ""])[:4])

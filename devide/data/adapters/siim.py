@@ -7,6 +7,10 @@ leading space; ``-1`` means no pneumothorax; an image has one row per lesion (ma
 small. Some DICOMs have no row (not evaluated: unlabelled) and some rows have no DICOM (rejected).
 
 Split rule (the Kaggle test set has no labels): ``val`` = 10 % of ImageIds by sha1, ``test`` = the rest.
+
+DICOM layouts accepted (the file stem is the ImageId): the release's nested
+``dicom-images-train/<study>/<series>/<ImageId>.dcm``, or a flat ``dicom-images-train/<ImageId>.dcm``,
+``train/<ImageId>.dcm`` or ``<ImageId>.dcm`` in the root.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import numpy as np
 import pandas as pd
 
 from devide.data.adapters import register
-from devide.data.adapters.base import DatasetAdapter, EvalRecord, EvalSet, Rejection, hash_split
+from devide.data.adapters.base import AdapterError, DatasetAdapter, EvalRecord, EvalSet, Rejection, hash_split
 
 CLASS = "Pneumothorax"
+LAYOUTS = ("dicom-images-train/*/*/*.dcm (the release), dicom-images-train/*.dcm, train/*.dcm or *.dcm in the root "
+           "(flat)")
+DICOM_GLOBS = ("dicom-images-train/*/*/*.dcm", "dicom-images-train/*.dcm", "train/*.dcm", "*.dcm")
 
 
 def parse_rle(rle: str) -> list[int]:
@@ -87,10 +94,11 @@ class SIIMPneumothorax(DatasetAdapter):
         source = self.rel(label_file)
         table = pd.read_csv(label_file, dtype=str, keep_default_na=False)
         table.columns = [c.strip() for c in table.columns]  # " EncodedPixels" -> "EncodedPixels"
+        self.require_columns(table, ("ImageId", "EncodedPixels"), label_file)
         if label_file.name == "stage_2_train.csv":
             eval_set.notes.append("stage_2_train.csv: RLE assumed relative like train-rle.csv (unverified)")
         eval_set.notes.append("split: 10 % of ImageIds (sha1) = val, the rest = test")
-        dicoms = {p.stem: p for p in self.root.glob("dicom-images-train/*/*/*.dcm")}
+        dicoms = self.dicom_index()
         rles: dict[str, list[str]] = {}
         for row_no, row in enumerate(table.to_dict("records"), start=2):
             image_id = row["ImageId"].strip()
@@ -107,9 +115,19 @@ class SIIMPneumothorax(DatasetAdapter):
         for image_id, runs in rles.items():
             self._add(eval_set, source, image_id, runs, dicoms.get(image_id))
 
+    def dicom_index(self) -> dict[str, Path]:
+        """ImageId -> DICOM path over every accepted layout; a one-line error naming them when none has a file."""
+        index: dict[str, Path] = {}
+        for pattern in DICOM_GLOBS:
+            for path in self.root.glob(pattern):
+                index.setdefault(path.stem, path)
+        if not index:
+            raise AdapterError(f"{self.name}: no DICOM files under {self.root}; accepted layouts: {LAYOUTS}")
+        return index
+
     def _add(self, eval_set: EvalSet, source: str, image_id: str, runs: list[str], path: Path | None) -> None:
         if path is None:
-            eval_set.rejections.append(Rejection(source, image_id, "no DICOM under dicom-images-train/*/*/"))
+            eval_set.rejections.append(Rejection(source, image_id, f"no DICOM {image_id}.dcm in {LAYOUTS}"))
             return
         if not runs:
             eval_set.rejections.append(Rejection(source, image_id, "every RLE row of the image is invalid"))

@@ -215,3 +215,108 @@ def test_chestx_det10_corner_boxes_and_nih_names(tmp_path):
 
 def test_parse_age_formats():
     assert parse_age("058Y") == 58 and parse_age("006M") == 0.5 and parse_age("") is None and parse_age("x") is None
+
+
+# ---------------------------------------------------------------------------------------------- real-file robustness
+
+
+def rename_column(path, old: str, new: str = "renamed") -> None:
+    """Rename one header cell of a CSV (exact cell match, surrounding spaces ignored)."""
+    header, _, body = path.read_text(encoding="utf-8").partition("\n")
+    cells = header.split(",")
+    assert any(c.strip() == old.strip() for c in cells), f"{old!r} not in {header!r}"
+    path.write_text(",".join(new if c.strip() == old.strip() else c for c in cells) + "\n" + body, encoding="utf-8")
+
+
+SCHEMA_CASES = [  # (dataset, fixture, label file, split, column): each used to raise KeyError or change results
+    ("rsna", fixtures.rsna, "stage_2_train_labels.csv", "test", "Target"),
+    ("rsna", fixtures.rsna, "stage_2_train_labels.csv", "test", "patientId"),
+    ("rsna", fixtures.rsna, "stage_2_train_labels.csv", "test", "width"),
+    ("siim", fixtures.siim, "train-rle.csv", "test", "ImageId"),
+    ("siim", fixtures.siim, "train-rle.csv", "test", "EncodedPixels"),
+    ("vindr", fixtures.vindr, "annotations/image_labels_test.csv", "test", "image_id"),
+    ("vindr", fixtures.vindr, "annotations/image_labels_test.csv", "test", "Cardiomegaly"),
+    ("vindr", fixtures.vindr, "annotations/annotations_test.csv", "test", "class_name"),
+    ("chestxray14", fixtures.chestxray14, "Data_Entry_2017_v2020.csv", "test", "Patient Gender"),
+    ("chestxray14", fixtures.chestxray14, "Data_Entry_2017_v2020.csv", "val", "Patient ID"),
+    ("chexpert", fixtures.chexpert, "CheXpert-v1.0-small/valid.csv", "val", "Edema"),
+    ("chexpert", fixtures.chexpert, "CheXpert-v1.0-small/valid.csv", "val", "Sex"),
+    ("padchest", lambda root: fixtures.padchest(root, gz=False),
+     "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", "test", "MethodLabel"),
+    ("padchest", lambda root: fixtures.padchest(root, gz=False),
+     "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", "test", "Projection"),
+]
+
+
+@pytest.mark.parametrize(("dataset", "make", "label_file", "split", "column"), SCHEMA_CASES,
+                         ids=[f"{c[0]}-{c[4]}" for c in SCHEMA_CASES])
+def test_a_missing_column_is_one_line_naming_it(tmp_path, dataset, make, label_file, split, column):
+    make(tmp_path)
+    get_adapter(dataset)(tmp_path).load(split)  # the intact fixture loads
+    rename_column(tmp_path / label_file, column)
+    with pytest.raises(AdapterError) as info:
+        get_adapter(dataset)(tmp_path).load(split)
+    message = str(info.value)
+    assert "\n" not in message and f"lacks column(s) {column}" in message and "renamed" in message
+
+
+def write_vinbigdata(root) -> list[str]:
+    """Kaggle VinBigData train.csv: 3 readers per image, boxes per reader, 'No finding' rows without boxes."""
+    ids = [f"{i:032x}" for i in range(30)]
+    lines = ["image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max"]
+    for n, image in enumerate(ids):
+        if n % 2:  # two of three readers see cardiomegaly; one of three an effusion (minority)
+            lines += [f"{image},Cardiomegaly,3,R9,5.0,10.0,25.0,20.0", f"{image},Cardiomegaly,3,R10,6.0,11.0,24.0,21.0",
+                      f"{image},Pleural effusion,10,R11,1.0,1.0,4.0,4.0"]
+        else:
+            lines += [f"{image},No finding,14,R{r},,,," for r in (9, 10, 11)]
+        fixtures.write_dicom(root / "train" / f"{image}.dicom")
+    fixtures.write_text(root / "train.csv", "\n".join(lines) + "\n")
+    return ids
+
+
+def test_vindr_kaggle_vinbigdata_layout(tmp_path):
+    ids = write_vinbigdata(tmp_path)
+    adapter = get_adapter("vinbigdata")(tmp_path)
+    test, val = adapter.load("test"), adapter.load("val")
+    assert sorted(r.image_id for r in test.records + val.records) == ids  # every image in exactly one split
+    assert val.records and test.records
+    record = next(r for r in test.records + val.records if r.image_id == ids[1])
+    assert record.labels["Cardiomegaly"] == 1 and record.labels["Pleural effusion"] == 0  # 2/3 vs 1/3
+    assert record.labels["No finding"] == 0
+    assert record.boxes["Cardiomegaly"] == [(5.0, 10.0, 25.0, 20.0), (6.0, 11.0, 24.0, 21.0)]
+    normal = next(r for r in test.records + val.records if r.image_id == ids[0])
+    assert normal.labels["No finding"] == 1 and normal.labels["Cardiomegaly"] == 0 and not normal.boxes
+    assert test.classes[-1] == "No finding" and len(test.classes) == 15
+
+
+def test_vindr_without_a_known_label_file_names_the_layouts(tmp_path):
+    with pytest.raises(AdapterError, match="Kaggle VinBigData \\(train.csv"):
+        get_adapter("vindr")(tmp_path).load("test")
+
+
+def test_siim_flat_dicom_folder(tmp_path):
+    expected = fixtures.siim(tmp_path)
+    for path in list((tmp_path / "dicom-images-train").rglob("*.dcm")):  # flatten the release's nesting
+        path.rename(tmp_path / "dicom-images-train" / path.name)
+    records = {r.image_id: r for s in ("test", "val") for r in get_adapter("siim")(tmp_path).load(s).records}
+    assert set(records) == {"1.2.3.1", "1.2.3.2"}
+    np.testing.assert_array_equal(records["1.2.3.1"].mask_fn((16, 16))["Pneumothorax"], expected["1.2.3.1"])
+
+
+def test_siim_without_dicoms_names_the_accepted_layouts(tmp_path):
+    fixtures.write_text(tmp_path / "train-rle.csv", "ImageId, EncodedPixels\n1.2.3, -1\n")
+    with pytest.raises(AdapterError, match="accepted layouts: dicom-images-train/\\*/\\*/\\*.dcm"):
+        get_adapter("siim")(tmp_path).load("test")
+
+
+def test_padchest_flat_folder_and_classes_from_the_label_table(tmp_path):
+    fixtures.padchest(tmp_path)
+    for path in list(tmp_path.glob("[0-9]/*.png")):  # one flat folder instead of the zip parts
+        path.rename(tmp_path / path.name)
+    (tmp_path / "img6.png").unlink()  # the only frontal image with pneumonia is missing
+    test = get_adapter("padchest")(tmp_path).load("test")
+    assert sorted(r.image_id for r in test.records) == ["img1.png", "img2.png"]
+    # pneumonia stays a class (from the label table), evaluated on the images that exist
+    assert test.classes == ["cardiomegaly", "nodule", "normal", "pleural effusion", "pneumonia"]
+    assert "image not found (looked for <ImageDir>/<ImageID>" in reasons(test)["line 7 (img6.png)"]
