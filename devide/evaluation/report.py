@@ -116,7 +116,10 @@ def plot_auc_bars(path: Path, rows: list[dict], groups: dict[str, str]) -> None:
         low = np.array([r["auc_ci"][0] if r["auc_ci"][0] is not None else r["auc"] for r in defined])
         high = np.array([r["auc_ci"][1] if r["auc_ci"][1] is not None else r["auc"] for r in defined])
         colours = ["tab:blue" if groups.get(r["class"]) == "seen" else "tab:orange" for r in defined]
-        ax.bar(x, auc, color=colours, yerr=np.vstack([auc - low, high - auc]), capsize=2, ecolor="black")
+        # A percentile CI from few resamples need not contain the point AUC: draw the interval itself, not
+        # offsets around the bar (negative offsets made errorbar raise).
+        ax.bar(x, auc, color=colours)
+        ax.errorbar(x, (low + high) / 2, yerr=np.abs(high - low) / 2, fmt="none", capsize=2, ecolor="black")
         ax.set_xticks(x, [r["class"] for r in defined], rotation=60, ha="right", fontsize=7)
     ax.axhline(0.5, ls="--", lw=0.8, color="grey")
     ax.set(ylim=(0, 1), ylabel="AUC (95% CI)", title="zero-shot AUC per class (blue seen, orange unseen)")
