@@ -72,4 +72,5 @@ STAGE = Stage(
     help="harmonise descriptions, definitions and report sentences into a knowledge base with an LLM",
     input_fields=("descriptions", "reports", "vocabulary"),
     volatile_fields=("concurrency", "timeout", "server_threads", "server_start_timeout"),
+    preflight="knowledge.preflight:check_harmonize",
 )

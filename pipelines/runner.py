@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devide.cli import NotBuiltError, load_command
 from devide.config import ConfigError, build_config, format_validation_error, read_yaml
+from devide.preflight import PreflightReport, check_plan
 from devide.stage import Stage, StageError, StageResult, execute_stage, is_up_to_date, read_manifest
 
 logger = logging.getLogger("devide.pipeline")
@@ -135,6 +136,25 @@ def select(planned: list[PlannedStage], start: str | None, until: str | None) ->
     return planned[first : last + 1]
 
 
+def will_run(item: PlannedStage, force: tuple[str, ...]) -> bool:
+    """Whether ``item`` is forced or out of date (an input not built yet counts as out of date)."""
+    if "all" in force or item.name in force:
+        return True
+    try:
+        return not is_up_to_date(item.stage, item.cfg)
+    except StageError:
+        return True
+
+
+def preflight(spec: PipelineSpec, items: list[PlannedStage], force: tuple[str, ...] = ()) -> PreflightReport:
+    """Check that every stage that will run can start (devide.preflight); raises PreflightError in one line."""
+    to_run = [(item.name, item.stage, item.cfg) for item in items if will_run(item, force)]
+    report = check_plan(to_run, Path(spec.workdir))
+    for warning in report.warnings:
+        logger.warning("pre-flight: %s", warning)
+    return report
+
+
 def launch_stage(item: PlannedStage, *, force: bool, quiet: bool) -> StageResult:
     """Run one stage in a child process through its launcher (e.g. ``accelerate launch``)."""
     out = Path(item.cfg.out)
@@ -163,16 +183,21 @@ def run_pipeline(
     until: str | None = None,
     quiet: bool = False,
     registry: Mapping[str, Stage] | None = None,
+    check: bool = True,
 ) -> PipelineReport:
-    """Run the pipeline at ``path``. ``registry`` replaces the installed stages (tests define their own)."""
+    """Run the pipeline at ``path``. ``registry`` replaces the installed stages (tests define their own).
+    ``check``: run the pre-flight check of every stage that will run before the first one starts."""
     began = time.perf_counter()
     spec = load_pipeline(Path(path))
     planned = plan(spec, registry)
     unknown = set(force) - {p.name for p in planned} - {"all"}
     if unknown:
         raise ConfigError(f"--force: unknown stage(s) {', '.join(sorted(unknown))}")
+    selected = select(planned, start, until)
+    if check:
+        preflight(spec, selected, tuple(force))
     report = PipelineReport()
-    for item in select(planned, start, until):
+    for item in selected:
         rerun = "all" in force or item.name in force
         # execute_stage fingerprints the inputs and decides to skip itself; only a launched stage is checked
         # here, to avoid starting a launcher for nothing.
@@ -201,6 +226,11 @@ class RunCommand:
         parser.add_argument("--from", dest="start", metavar="STAGE", help="start at STAGE")
         parser.add_argument("--until", metavar="STAGE", help="stop after STAGE")
         parser.add_argument("--list", action="store_true", help="list the stages and whether each is up to date")
+        parser.add_argument("--check", action="store_true",
+                            help="only run the pre-flight check (every stage that would run can start: imports, "
+                                 "model/processor loading, local LLM, disk space) and exit (2 when one cannot)")
+        parser.add_argument("--no-check", action="store_true",
+                            help="skip the pre-flight check that `run` does before its first stage")
 
     def main(self, args: argparse.Namespace) -> int:
         if args.list:
@@ -208,8 +238,15 @@ class RunCommand:
                 state = "up to date" if is_up_to_date(item.stage, item.cfg) else "to run"
                 print(f"{item.name:16s} {item.stage.name:14s} {state:11s} {item.cfg.out}")
             return 0
+        if args.check:
+            spec = load_pipeline(args.pipeline)
+            checked = preflight(spec, select(plan(spec), args.start, args.until), tuple(args.force))
+            print(f"pre-flight: {len(checked.checked)} stage(s) can start ({', '.join(checked.checked) or 'none to run'});"
+                  f" about {checked.planned_bytes / 1024 ** 3:.1f} GiB planned, "
+                  f"{checked.free_bytes / 1024 ** 3:.1f} GiB free")
+            return 0
         report = run_pipeline(args.pipeline, force=tuple(args.force), start=args.start, until=args.until,
-                              quiet=args.quiet)
+                              quiet=args.quiet, check=not args.no_check)
         for name, result in report.results.items():
             print(f"{name:16s} {result.status:9s} {result.out}")
         print(f"pipeline finished in {report.seconds:.1f} s")

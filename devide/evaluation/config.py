@@ -59,4 +59,5 @@ STAGE = Stage(
     volatile_fields=("batch_size", "num_workers", "device", "cache_dir"),
     code=("devide.evaluation", "devide.modeling", "devide.data.adapters", "devide.data.image_io",
           "knowledge"),
+    preflight="devide.preflight:check_model_loading",
 )

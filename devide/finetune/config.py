@@ -136,4 +136,5 @@ STAGE = Stage(
     volatile_fields=VOLATILE_FIELDS,
     code=("devide.finetune", "devide.training", "devide.modeling", "devide.evaluation",
           "devide.data.adapters", "devide.data.loading", "devide.data.image_io", "knowledge"),
+    preflight="devide.preflight:check_model_loading",
 )

@@ -142,4 +142,5 @@ STAGE = Stage(
     help="Generate phantom chest radiographs with findings, MIMIC-style reports and labels, written in the "
          "MIMIC-CXR-JPG, ChestX-ray14, CheXpert, RSNA Pneumonia and SIIM-ACR layouts (see docs/phantom.md).",
     volatile_fields=("workers", "chunk"),
+    preflight="devide.preflight:check_phantom",
 )
