@@ -709,4 +709,5 @@ STAGE = Stage(
     help="push a trained model with its model card to the Hub (or --dry-run into a folder)",
     input_fields=("model", "eval_results", "knowledge", "training"),
     code=("devide.hub",),
+    preflight="devide.preflight:check_model_loading",
 )

@@ -90,6 +90,9 @@ class Stage:
     code: tuple[str, ...] = ()
     """Packages or modules (dotted names) whose files decide the result: their content enters the fingerprint.
     Empty: the package of the run function."""
+    preflight: str | None = None
+    """``"module:function"`` checking, before a pipeline's first stage runs, that this stage will be able to start
+    (called with its config; see :mod:`devide.preflight`). None: only its imports are checked."""
 
     def run_function(self) -> RunFn:
         if not isinstance(self.run, str):
