@@ -28,7 +28,9 @@ class OptimisationConfig(StageConfig):
 
     seed: Seed = 42
     batch_size: BatchSize = 32
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="micro-batches per optimizer step (sums gradients only: contrastive losses "
+                                     "get no extra negatives; prefer a larger batch_size with gradient_checkpointing)")
     epochs: Epochs = 1.0
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps (overrides epochs)")
     learning_rate: LearningRate = 1e-4
@@ -72,6 +74,10 @@ class TrainConfig(OptimisationConfig):
     model: dict[str, Any] = Field(
         default_factory=dict,
         description="DevideConfig fields, e.g. {vision_preset: tiny, freeze_text: true, use_pta: false}")
+    gradient_checkpointing: bool = Field(
+        default=False, description="activation checkpointing in both towers (ViT-B at 512 px, unfrozen text tower): "
+                                   "activations recomputed in the backward pass: less memory, one more forward per "
+                                   "layer, identical loss")
     # data
     train_split: str = Field(default="train", description="split of the dataset to train on")
     # checkpoints and validation
@@ -79,7 +85,8 @@ class TrainConfig(OptimisationConfig):
         default="latest", description="latest (newest checkpoint in the work folder, if any), never, or a checkpoint folder")
     eval_split: str | None = Field(default="validate", description="held-out split for zero-shot validation")
     eval_every: int = Field(default=0, ge=0, description="validate every N steps (0: only at the end)")
-    eval_max_images: int = Field(default=512, ge=1, description="validation images (first N of the split)")
+    eval_max_images: int = Field(default=512, ge=1,
+                                 description="validation images, spread over subjects (seeded round robin)")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -88,5 +95,6 @@ class TrainConfig(OptimisationConfig):
         return self
 
 
-VOLATILE_FIELDS = ("workers", "resume", "log_every", "tensorboard", "eval_every", "eval_max_images")
+VOLATILE_FIELDS = ("workers", "resume", "log_every", "tensorboard", "eval_every", "eval_max_images",
+                   "gradient_checkpointing")
 """Fields that do not change the trained weights: changing them keeps the partial work folder (and resumes)."""

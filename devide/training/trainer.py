@@ -5,7 +5,12 @@ What it guarantees:
 
 * AdamW (no decay on biases, norms and logit scales), linear warm-up then cosine decay, gradient clipping and
   accumulation, mixed precision from the launch config (bf16 where the GPU supports it), one seed that drives
-  model init, data order (Accelerate's seedable sampler) and augmentation (per-sample generators).
+  model init, data order (Accelerate's seedable sampler) and augmentation (per-sample generators); after the
+  model is built every process reseeds with ``seed + rank`` so dropout and other in-step randomness differ
+  between GPUs (Accelerate saves and restores each process's RNG state, so resume stays exact).
+* Gradient accumulation adds no contrastive negatives: L_itc, L_tnc and L_pta each see one micro-batch (times
+  the processes, for L_itc); only the gradients are summed. Raise ``batch_size`` (with
+  ``gradient_checkpointing``) rather than accumulation to get more negatives.
 * ``save_state`` every ``checkpoint_every`` optimizer steps into ``<out>.partial/checkpoints/step-N`` (atomic,
   newest ``keep_checkpoints`` kept); the registered :class:`TrainingProgress` records the data-loader position,
   so ``--resume latest`` continues with exactly the batches, augmentations, RNG states and learning rate the
@@ -14,8 +19,13 @@ What it guarantees:
   split, entity names, knowledge sentences), so a resumed run reads the very same cached vectors.
 * L_itc negatives are gathered from every process by the model; the scheduler is stepped once per optimizer
   step (not once per process), so N processes with batch B follow the same schedule as one with batch N*B.
+* Sharded training (FSDP, DeepSpeed ZeRO-2/3): validation runs the *wrapped* model's forward, and the final
+  weights come from ``accelerator.get_state_dict`` (every process takes part in gathering the shards); the main
+  process writes ``save_pretrained`` of model + image processor into ``model/``.
+* The model's config records ``training_positives`` (positive training labels per entity: evaluation calls an
+  entity "seen" only when it had one) and ``training_data`` (which dataset, phantom or not, how many images).
 * Main process only: progress bar, tensorboard (loss by term, lr, throughput, validation AUROC), checkpoint
-  promotion and the final unwrapped ``save_pretrained`` of model + image processor into ``model/``.
+  promotion.
 """
 
 from __future__ import annotations
@@ -139,6 +149,20 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Activation checkpointing in both towers' encoder layers (non-reentrant: works with frozen inputs and
+    restores the RNG state, so the loss and gradients equal the unchecked forward's)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.25 (the older name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """True under FSDP or DeepSpeed (parameters may live in shards outside the wrapped forward)."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
+
+
 def warm_text_cache(model: Any, texts: list[str]) -> int:
     """Encode ``texts`` through the frozen text tower in a fixed order, so every run reads identical vectors."""
     if not model.config.freeze_text:
@@ -214,16 +238,26 @@ class Validation:
         return cls(loader, [model_entities[i] for i in usable], torch.tensor(usable))
 
     def run(self, accelerator: Any, model: Any) -> dict[str, float]:
+        """AUROC per usable entity. Runs the *wrapped* model's forward (eval mode, no loss): under FSDP or
+        DeepSpeed ZeRO-3 only the wrapper gathers the sharded parameters, so a call on the unwrapped module
+        would see shards. The presence logits of ``config.entities`` are what ``predict`` returns for them."""
         from sklearn.metrics import roc_auc_score
 
-        unwrapped = accelerator.unwrap_model(model)
         all_probs, all_labels = [], []
-        for batch in self.loader:
-            probs = unwrapped.predict(batch["pixel_values"], entities=self.entities).probs.float()
-            labels = batch["labels"][:, self.columns.to(batch["labels"].device)]
-            probs, labels = accelerator.gather_for_metrics((probs, labels))
-            all_probs.append(probs.cpu())
-            all_labels.append(labels.cpu())
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for batch in self.loader:
+                    logits = model(pixel_values=batch["pixel_values"], return_loss=False).logits
+                    columns = self.columns.to(logits.device)
+                    probs = logits[:, columns].float().sigmoid()
+                    labels = batch["labels"][:, columns.to(batch["labels"].device)]
+                    probs, labels = accelerator.gather_for_metrics((probs, labels))
+                    all_probs.append(probs.cpu())
+                    all_labels.append(labels.cpu())
+        finally:
+            model.train(was_training)
         probs, labels = torch.cat(all_probs).numpy(), torch.cat(all_labels).numpy()
         metrics: dict[str, float] = {}
         for k, entity in enumerate(self.entities):
@@ -245,6 +279,48 @@ class Plan:
     total_steps: int
     warmup_steps: int
     global_batch: int
+
+
+def validation_indices(subject_ids: list[int] | None, total: int, limit: int, seed: int) -> list[int]:
+    """Rows of the held-out split for in-training validation: at most ``limit``, spread over subjects.
+
+    MIMIC splits are subject-ordered, so "the first N rows" would be a handful of patients. Subjects are taken
+    in a seeded random order, one image each per round (a second image of a subject only after every subject
+    gave one); without subject ids, a seeded random sample of rows. Sorted (sequential reads).
+    """
+    rng = np.random.default_rng(seed)
+    if total <= limit:
+        return list(range(total))
+    if not subject_ids:
+        return sorted(rng.choice(total, size=limit, replace=False).tolist())
+    by_subject: dict[int, list[int]] = defaultdict(list)
+    for row, subject in enumerate(subject_ids):
+        by_subject[subject].append(row)
+    order = [list(by_subject)[i] for i in rng.permutation(len(by_subject))]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        chosen += [by_subject[s][depth] for s in order if depth < len(by_subject[s])][: limit - len(chosen)]
+        depth += 1
+    return sorted(chosen)
+
+
+def training_positives(rows: Any, dataset_entities: list[str], model_entities: list[str]) -> dict[str, int]:
+    """Positive (1) training labels per model entity; 0 for an entity the dataset does not label."""
+    column = {e: i for i, e in enumerate(dataset_entities)}
+    counts = np.zeros(len(dataset_entities), dtype=np.int64)
+    for start in range(0, len(rows), 65536):  # chunks: MIMIC-CXR has ~370k rows x dozens of labels
+        labels = np.asarray(rows[start:start + 65536]["labels"], dtype=np.int64)
+        if labels.size:
+            counts += (labels == 1).sum(axis=0)
+    return {e: int(counts[column[e]]) if e in column else 0 for e in model_entities}
+
+
+def describe_training_data(cfg: TrainConfig, image_root: Path, images: int) -> dict[str, Any]:
+    """What the model was trained on, for its config and card: phantom data carry the phantom's findings.json."""
+    phantom = any((folder / "findings.json").is_file() for folder in (image_root, image_root.parent))
+    return {"dataset": "phantom (synthetic radiographs)" if phantom else image_root.name, "phantom": phantom,
+            "split": cfg.train_split, "images": int(images)}
 
 
 def plan_steps(cfg: TrainConfig, batches_per_epoch: int, world_size: int) -> Plan:
@@ -292,6 +368,12 @@ class Trainer:
         entities = training_entities(cfg, vocabulary)
         knowledge, self.knowledge_source = training_knowledge(cfg, vocabulary)
         self.model = model = build_model(cfg, entities, vocabulary)
+        # Identical init on every process (above); from here each process draws its own dropout masks. Resume
+        # stays exact: save_state/load_state carry every process's RNG state.
+        set_seed(cfg.seed + accelerator.process_index, deterministic=cfg.deterministic)
+        self.summary["process_seed"] = cfg.seed + accelerator.process_index
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         model.set_knowledge(knowledge)
         self.entities = list(model.config.entities)
         self.processor = processor = model.image_processor()
@@ -304,6 +386,7 @@ class Trainer:
         to_pixels = processor_to_pixels(processor)
         augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
         self.train_rows = splits[cfg.train_split]
+        self.record_training_data(model, dataset_entities, image_root)
         self.train_set = CxrDataset(self.train_rows, image_root, to_pixels, dataset_entities, self.entities,
                                     draft_size=processor.size, augment=augment, augment_size=processor.size,
                                     seed=cfg.seed)
@@ -311,7 +394,9 @@ class Trainer:
                                        seed=cfg.seed, drop_last=True)
         self.validation = None
         if cfg.eval_split and cfg.eval_split in splits:
-            rows = splits[cfg.eval_split].select(range(min(cfg.eval_max_images, len(splits[cfg.eval_split]))))
+            held_out = splits[cfg.eval_split]
+            subjects = held_out["subject_id"] if "subject_id" in held_out.column_names else None
+            rows = held_out.select(validation_indices(subjects, len(held_out), cfg.eval_max_images, cfg.seed))
             eval_set = CxrDataset(rows, image_root, to_pixels, dataset_entities, self.entities,
                                   draft_size=processor.size)
             self.validation = Validation.build(rows, eval_set, self.entities, cfg.batch_size, cfg.workers, cfg.seed)
@@ -330,6 +415,22 @@ class Trainer:
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, self.plan.warmup_steps, self.plan.total_steps)
         self.progress = TrainingProgress()
         accelerator.register_for_checkpointing(self.scheduler, self.progress)
+
+    def record_training_data(self, model: Any, dataset_entities: list[str], image_root: Path) -> None:
+        """``training_positives`` and ``training_data`` into the model's config (saved with the weights)."""
+        positives = training_positives(self.train_rows, dataset_entities, self.entities)
+        model.config.training_positives = positives
+        model.config.training_data = describe_training_data(self.cfg, image_root, len(self.train_rows))
+        never = [e for e, n in positives.items() if n == 0]
+        if never:
+            self.ctx.logger.warning("%d of %d entities have no positive training label (evaluated as unseen): %s",
+                                    len(never), len(positives), ", ".join(never[:12]) + (" ..." if len(never) > 12
+                                                                                         else ""))
+        if self.cfg.gradient_accumulation_steps > 1 and any(
+                getattr(model.config, flag) for flag in ("use_itc", "use_tnc", "use_pta")):
+            self.ctx.logger.warning("gradient_accumulation_steps %d: the contrastive terms (L_itc, L_tnc, L_pta) "
+                                    "still see one micro-batch of negatives; only gradients accumulate",
+                                    self.cfg.gradient_accumulation_steps)
 
     def resume(self) -> Path | None:
         """Load the checkpoint named by ``cfg.resume`` (``latest``: the newest in the work folder)."""
@@ -350,7 +451,14 @@ class Trainer:
         return path
 
     def warm_text(self) -> None:
-        """Reports of the training split, entity query names, then knowledge sentences: one fixed order."""
+        """Reports of the training split, entity query names, then knowledge sentences: one fixed order.
+
+        Skipped when the model is sharded (FSDP, DeepSpeed): the text tower's weights exist only inside the
+        wrapped forward there, so the frozen tower's cache fills on first use instead."""
+        if is_sharded(self.accelerator):
+            self.ctx.logger.info("text cache filled during training (%s shards the text tower)",
+                                 self.accelerator.distributed_type)
+            return
         unwrapped = self.accelerator.unwrap_model(self.model)
         texts = list(self.train_rows["report_text"])
         texts += [unwrapped.config.entity_name(e) for e in self.entities]
@@ -468,20 +576,24 @@ class Trainer:
             images_per_second=round((progress.step - start_step) * plan.global_batch / max(seconds, 1e-9), 2),
             itc_candidates=int(accelerator.gather(torch.tensor([self.itc_candidates],
                                                                device=accelerator.device)).max().item()),
+            process_seeds=accelerator.gather(torch.tensor([self.summary.pop("process_seed")],
+                                                          device=accelerator.device)).tolist(),
             final_train=last_metrics, knowledge_source=self.knowledge_source,
             mixed_precision=str(accelerator.mixed_precision), entities=len(self.entities),
         )
         return self.summary
 
     def save(self) -> None:
-        """Main process: the unwrapped model + processor into ``model/`` (temp folder + rename)."""
+        """The full weights (``accelerator.get_state_dict``: every process helps gather FSDP / ZeRO-3 shards)
+        saved by the main process with model config + processor into ``model/`` (temp folder + rename)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(self.model)  # collective: every process must call it
         if accelerator.is_main_process:
             final, tmp = self.work_dir / MODEL_DIR, self.work_dir / f".tmp-{MODEL_DIR}"
             shutil.rmtree(tmp, ignore_errors=True)
             unwrapped = accelerator.unwrap_model(self.model)
-            unwrapped.save_pretrained(str(tmp), save_function=accelerator.save)
+            unwrapped.save_pretrained(str(tmp), state_dict=state_dict, save_function=accelerator.save)
             self.processor.save_pretrained(str(tmp))  # the processor the model was trained with
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
