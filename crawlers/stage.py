@@ -205,6 +205,8 @@ def manifest_counts(stats: dict[str, Any], rows: list[dict[str, Any]], errors: l
         "responses": stats.get("downloader/response_count", 0),
         "responses_by_status": by_status,
         "robots_forbidden": stats.get("robotstxt/forbidden", 0),
+        "robots_unreachable": stats.get("devide/robots_unreachable", 0),
+        "oversize_refused": stats.get("devide/oversize_refused", 0),
         "offsite_refused": stats.get("devide/offsite_refused", 0),
         "retries": stats.get("retry/count", 0),
         "items": len(rows),

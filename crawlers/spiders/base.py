@@ -23,7 +23,7 @@ from crawlers.contracts import FIXTURE_ENV
 from crawlers.entities import TermIndex, terms_from_vocabulary
 from crawlers.items import DescriptionItem
 from crawlers.job import CrawlJob, check_policy, host_of
-from crawlers.middlewares import OffsiteRequestRefused
+from crawlers.middlewares import OffsiteRequestRefused, OversizeRefused
 from crawlers.pipelines import record_error
 from crawlers.sections import (
     Block,
@@ -52,6 +52,8 @@ def classify_failure(failure: Failure) -> tuple[str, str]:
         return f"http_{status}", f"HTTP {status}"
     if failure.check(OffsiteRequestRefused):
         return "offsite", str(failure.value)
+    if failure.check(OversizeRefused):
+        return "oversize", str(failure.value)
     if failure.check(IgnoreRequest):
         message = str(failure.value)
         return ("robots_forbidden" if "robots" in message.lower() else "ignored"), message
