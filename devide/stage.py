@@ -293,9 +293,6 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
     if cfg.out is None:
         raise StageError(f"stage '{stage.name}' needs an output folder: set 'out' (or --out)")
     out = Path(cfg.out)
-    fingerprint = stage_fingerprint(stage, cfg)
-    previous = read_manifest(out)
-    if not force and previous and previous.get("status") == "complete" and _same_fingerprint(previous, fingerprint):
     if not is_main_process():  # rank 0 holds the lock for the whole launch
         return _execute_locked(stage, cfg, out, force=force, quiet=quiet)
     try:
@@ -307,6 +304,9 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
 
 def _execute_locked(stage: Stage, cfg: StageConfig, out: Path, *, force: bool, quiet: bool) -> StageResult:
     """:func:`execute_stage` once the artifact's lock is held (or on a non-zero rank)."""
+    fingerprint = stage_fingerprint(stage, cfg)
+    previous = read_manifest(out)
+    if not force and previous and previous.get("status") == "complete" and _same_fingerprint(previous, fingerprint):
         logger.info("%s: up to date, skipped (%s)", stage.name, out)
         return StageResult("skipped", out, previous)
 
