@@ -45,6 +45,10 @@ class HarmonizeConfig(StageConfig):
     max_reports: int = Field(2000, ge=0, description="reports scanned for representative sentences")
     llm_sources: list[str] = Field(["description", "report"], description="sources rewritten by the LLM")
     min_support: float = Field(0.6, ge=0.0, le=1.0, description="grounding threshold (share of content words)")
+    min_semantic: float | None = Field(0.5, ge=-1.0, le=1.0, description="grounding threshold (cosine similarity "
+                                       "to the source, all-MiniLM-L6-v2); None: no semantic check")
+    dedup_threshold: float | None = Field(0.9, ge=0.0, le=1.0, description="cosine similarity from which a "
+                                          "description or row is a near-duplicate of an earlier one; None: off")
     server_threads: int = Field(2, ge=1, description="llama.cpp threads (backend local)")
     server_ctx: int = Field(2048, ge=512)
     server_start_timeout: float = Field(180.0, gt=0)

@@ -3,10 +3,17 @@
 Per entity, the definition, the crawled descriptions and the representative report sentences are numbered and
 sent, a bounded number per request and a bounded number of requests per entity, to an LLM that must answer with
 aspect-tagged sentences citing their source (JSON schema in :mod:`knowledge.schema`). Every generated sentence
-goes through a **grounding check** against the source it cites: one whose content words are not mostly found
-in that source is rejected (counted, and the source sentence itself is kept instead). Sources the LLM did not
-use, sources beyond the request budget, and the sources of a request that failed for good are kept too, tagged
-by the rules backend, so no input is silently lost; each row's provenance says which path it took.
+goes through the **grounding check** of :mod:`knowledge.grounding` against the source it cites (entity,
+assertion, negation, numbers, laterality and other qualifiers, direction, lexical and semantic support); a
+rejected sentence is recorded with the failed check, and the source sentence itself is kept instead. Sources the
+LLM did not use, sources beyond the request budget, and the sources of a request that failed for good are kept
+too, tagged by the rules backend, so no input is silently lost; each row's provenance says which path it took.
+
+**Deterministic output.** Requests run concurrently and finish in any order; their rows are assembled
+afterwards in a canonical order (entities in vocabulary order, then by the position of the first source a
+chunk of rows comes from), so a rerun with the same answers writes byte-identical artifacts whatever the
+completion order. **Near-duplicates** (cosine >= ``dedup_threshold`` under all-MiniLM-L6-v2) within an entity
+are dropped after that ordering, the first phrasing kept, and recorded as rejections.
 
 Rows: ``entity, source, aspect, sentence, provenance (JSON), hash`` where hash = sha256(entity, sentence).
 """
@@ -17,12 +24,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from devide.log import progress
+from knowledge.grounding import GroundingChecker, content_words, support_score  # noqa: F401  (re-exported)
 from knowledge.llm import ChatClient, EndpointError, LLMError, PrivacyError
 from knowledge.prompts import PromptTemplate
 from knowledge.rules import normalize_sentence, rules_sentences, tag_aspect
@@ -31,37 +38,6 @@ from knowledge.sources import SourceItem
 from knowledge.vocabulary import Vocabulary
 
 logger = logging.getLogger("devide.harmonize")
-_STOPWORDS = frozenset({
-    "a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "as", "is",
-    "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "which",
-    "who", "whom", "there", "their", "they", "them", "than", "then", "into", "onto", "over", "under", "may",
-    "can", "could", "might", "should", "would", "will", "often", "usually", "typically", "most", "more",
-    "less", "very", "also", "such", "one", "two", "both", "each", "any", "all", "some", "other", "seen",
-    "see", "shows", "show", "showing", "appears", "appear", "appearance", "finding", "findings", "radiograph",
-    "radiographs", "chest", "film", "films", "image", "images",
-})
-
-
-# ---------------------------------------------------------------------------------------------- grounding
-
-
-def _stem(word: str) -> str:
-    """A crude stem (first 5 letters): "effusions" ~ "effusion", "opacities" ~ "opacity"."""
-    return word[:5] if len(word) > 5 else word
-
-
-def content_words(text: str) -> set[str]:
-    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2 and w not in _STOPWORDS}
-
-
-def support_score(generated: str, source: str, allowed: Iterable[str] = ()) -> float:
-    """Share of the generated sentence's content words found in its source (words of ``allowed``, the
-    finding's own names, are free). A sentence with no content words of its own scores 0."""
-    free = set().union(*(content_words(a) for a in allowed)) if allowed else set()
-    words = content_words(generated) - free
-    if not words:
-        return 0.0
-    return len(words & (content_words(source) | free)) / len(words)
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -90,6 +66,7 @@ class EntityResult:
     rows: list[KnowledgeRow] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     grounding_rejections: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
 
     def add(self, row: KnowledgeRow) -> None:
@@ -116,6 +93,8 @@ class HarmonizerSettings:
     max_requests_per_entity: int = 3
     max_sentences_per_answer: int = 8
     min_support: float = 0.6
+    min_semantic: float | None = 0.5
+    """Cosine similarity a generated sentence needs with its source (None: no semantic check)."""
     max_reasks: int = 1
     llm_sources: tuple[str, ...] = ("description", "report")
     max_total_requests: int | None = None
@@ -131,6 +110,30 @@ def reask_message(content: str, error: str) -> str:
             '{"sentences": [{"aspect": "...", "sentence": "...", "source": 1}]}, using only the numbered sources.')
 
 
+@dataclass
+class _Chunk:
+    """The rows (and failures, rejections) that come from consecutive sources of one entity, starting at the
+    entity's source number ``position``: what one request, or one rules-tagged source, produced."""
+
+    position: int
+    rows: list[KnowledgeRow] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    requests: int = 0
+
+
+def assemble(entity: str, chunks: list[_Chunk]) -> EntityResult:
+    """An entity's result from its chunks in source order (never in the order requests completed)."""
+    result = EntityResult(entity)
+    for chunk in sorted(chunks, key=lambda c: c.position):
+        result.requests += chunk.requests
+        result.failures += chunk.failures
+        result.grounding_rejections += chunk.rejections
+        for row in chunk.rows:
+            result.add(row)
+    return result
+
+
 class Harmonizer:
     """Runs the LLM path for many entities concurrently (bounded by the client's semaphore)."""
 
@@ -138,6 +141,7 @@ class Harmonizer:
                  settings: HarmonizerSettings, backend: str) -> None:
         self.vocab, self.client, self.prompt, self.settings = vocab, client, prompt, settings
         self.base = {"backend": backend, "prompt": prompt.version}
+        self.checker = GroundingChecker(vocab, settings.min_support, settings.min_semantic)
 
     def batches(self, items: list[SourceItem]) -> tuple[list[list[SourceItem]], list[SourceItem]]:
         """(request batches within the budget, items over the budget)."""
@@ -152,8 +156,8 @@ class Harmonizer:
                                   sources=render_sources(batch),
                                   max_sentences=min(self.settings.max_sentences_per_answer, 2 * len(batch)))
 
-    async def _request(self, entity: str, batch: list[SourceItem], result: EntityResult) -> None:
-        result.requests += 1
+    async def _request(self, entity: str, batch: list[SourceItem], chunk: _Chunk) -> None:
+        chunk.requests += 1
         try:
             answer = await self.client.chat(
                 self.messages(entity, batch), lambda content: parse_answer(content, len(batch)),
@@ -162,66 +166,102 @@ class Harmonizer:
         except (PrivacyError, EndpointError):
             raise  # fatal for the run, not for this entity
         except LLMError as exc:
-            result.failures.append(str(exc))
-            for row in rules_rows(entity, batch, "rules-fallback", self.base):
-                result.add(row)
+            chunk.failures.append(str(exc))
+            chunk.rows += rules_rows(entity, batch, "rules-fallback", self.base)
             return
-        self._accept(entity, batch, answer.value, result, {
+        self._accept(entity, batch, answer.value, chunk, {
             **self.base, "model": answer.model, "cache_key": answer.cache_key, "cached": answer.cached})
 
-    def _accept(self, entity: str, batch: list[SourceItem], answer: HarmonizedAnswer, result: EntityResult,
+    def _accept(self, entity: str, batch: list[SourceItem], answer: HarmonizedAnswer, chunk: _Chunk,
                 base: dict[str, Any]) -> None:
-        names = [self.vocab.get(entity).name, *self.vocab.get(entity).synonyms]
-        used: set[int] = set()
-        for generated in answer.sentences:
-            item = batch[generated.source - 1]
-            used.add(generated.source)
-            sentence = normalize_sentence(generated.sentence)
-            score = support_score(sentence, item.text, names)
-            provenance = {**base, "sources": [item.provenance()], "support": round(score, 3)}
-            if score >= self.settings.min_support and len(sentence.split()) >= 3:
-                result.add(KnowledgeRow(entity, item.kind, generated.aspect, sentence,
-                                        {**provenance, "method": "llm"}))
+        generated = [(g, batch[g.source - 1], normalize_sentence(g.sentence)) for g in answer.sentences]
+        verdicts = self.checker.check_all([(sentence, item.text, entity) for _, item, sentence in generated])
+        for (raw, item, sentence), verdict in zip(generated, verdicts):
+            provenance = {**base, "sources": [item.provenance()], "support": verdict.lexical,
+                          "semantic": verdict.semantic}
+            if verdict.accepted and len(sentence.split()) >= 3:
+                chunk.rows.append(KnowledgeRow(entity, item.kind, raw.aspect, sentence,
+                                               {**provenance, "method": "llm"}))
                 continue
-            result.grounding_rejections.append({"entity": entity, "generated": generated.sentence,
-                                                "source": item.text, "support": round(score, 3)})
+            chunk.rejections.append({"entity": entity, "generated": raw.sentence, "source": item.text,
+                                     "check": verdict.reason or "fewer than 3 words", "support": verdict.lexical,
+                                     "semantic": verdict.semantic})
             for aspect, fallback in rules_sentences(item.text, item.kind):
-                result.add(KnowledgeRow(entity, item.kind, aspect, fallback,
-                                        {**provenance, "method": "fallback-ungrounded"}))
+                chunk.rows.append(KnowledgeRow(entity, item.kind, aspect, fallback,
+                                               {**provenance, "method": "fallback-ungrounded"}))
+        used = {g.source for g in answer.sentences}
         unused = [item for i, item in enumerate(batch, 1) if i not in used]
-        for row in rules_rows(entity, unused, "uncovered-source", base):
-            result.add(row)
+        chunk.rows += rules_rows(entity, unused, "uncovered-source", base)
 
-    async def harmonize(self, sources: dict[str, list[SourceItem]]) -> dict[str, EntityResult]:
-        """Harmonise every entity of ``sources`` (definition first) and return the results per entity."""
-        results = {entity: EntityResult(entity) for entity in sources}
+    def _plan(self, sources: dict[str, list[SourceItem]]
+              ) -> tuple[dict[str, list[_Chunk]], list[tuple[str, list[SourceItem], _Chunk]]]:
+        """Chunks that need no request (verbatim and over-budget sources) and the request jobs."""
+        chunks: dict[str, list[_Chunk]] = {entity: [] for entity in sources}
         jobs = []
         for entity, items in sources.items():
+            positions = {id(item): i for i, item in enumerate(items)}
             llm_items = [i for i in items if i.kind in self.settings.llm_sources]
-            direct = [i for i in items if i.kind not in self.settings.llm_sources]
-            for item in direct:  # definitions are our own curated sentences: kept verbatim
+            for item in items:
+                if item.kind in self.settings.llm_sources:
+                    continue  # definitions are our own curated sentences: kept verbatim
                 aspect = "definition" if item.kind == "definition" else tag_aspect(item.text, item.kind)
-                results[entity].add(KnowledgeRow(entity, item.kind, aspect, normalize_sentence(item.text),
-                                                 {**self.base, "method": "verbatim", "sources": [item.provenance()]}))
+                chunks[entity].append(_Chunk(positions[id(item)], [KnowledgeRow(
+                    entity, item.kind, aspect, normalize_sentence(item.text),
+                    {**self.base, "method": "verbatim", "sources": [item.provenance()]})]))
             batches, over = self.batches(llm_items)
-            for row in rules_rows(entity, over, "over-request-budget", self.base):
-                results[entity].add(row)
-            jobs += [(entity, batch) for batch in batches]
+            for item in over:
+                chunks[entity].append(_Chunk(positions[id(item)],
+                                             rules_rows(entity, [item], "over-request-budget", self.base)))
+            jobs += [(entity, batch, _Chunk(positions[id(batch[0])])) for batch in batches]
         budget = self.settings.max_total_requests
         if budget is not None and len(jobs) > budget:
             logger.info("request budget %d: %d batches rules-tagged instead", budget, len(jobs) - budget)
-            for entity, batch in jobs[budget:]:
-                for row in rules_rows(entity, batch, "over-request-budget", self.base):
-                    results[entity].add(row)
+            for entity, batch, chunk in jobs[budget:]:
+                chunk.rows = rules_rows(entity, batch, "over-request-budget", self.base)
+                chunks[entity].append(chunk)
             jobs = jobs[:budget]
-        tasks = [asyncio.ensure_future(self._request(entity, batch, results[entity])) for entity, batch in jobs]
+        return chunks, jobs
+
+    async def harmonize(self, sources: dict[str, list[SourceItem]]) -> dict[str, EntityResult]:
+        """Harmonise every entity of ``sources`` and return the results per entity, in canonical order."""
+        chunks, jobs = self._plan(sources)
+        tasks = [asyncio.ensure_future(self._request(entity, batch, chunk)) for entity, batch, chunk in jobs]
         try:
             for task in progress(asyncio.as_completed(tasks), total=len(tasks), desc="harmonize", unit="req"):
                 await task
         finally:
             for task in tasks:
                 task.cancel()
-        return results
+        for entity, _, chunk in jobs:
+            chunks[entity].append(chunk)
+        return {entity: assemble(entity, entity_chunks) for entity, entity_chunks in chunks.items()}
+
+
+def drop_near_duplicates(results: dict[str, EntityResult], threshold: float | None) -> int:
+    """Drop rows whose sentence is a near-duplicate (cosine >= ``threshold``) of an earlier row of the same
+    entity; definitions are never dropped. Each drop is recorded in ``EntityResult.duplicates``. Returns the
+    number of rows dropped (0 when ``threshold`` is None)."""
+    if threshold is None:
+        return 0
+    from knowledge.embeddings import near_duplicates  # torch: only when de-duplicating
+    from knowledge.grounding import same_facts
+
+    dropped = 0
+    for entity, result in results.items():
+        if len(result.rows) < 2:
+            continue
+        verdicts = near_duplicates([row.sentence for row in result.rows], threshold, same_facts)
+        kept = []
+        for row, verdict in zip(result.rows, verdicts):
+            if verdict is None or row.source == "definition":
+                kept.append(row)
+                continue
+            original, similarity = verdict
+            result.duplicates.append({"entity": entity, "sentence": row.sentence, "source": row.source,
+                                      "duplicate_of": result.rows[original].sentence, "similarity": similarity})
+        dropped += len(result.rows) - len(kept)
+        result.rows = kept
+    return dropped
 
 
 def rules_only(vocab: Vocabulary, sources: dict[str, list[SourceItem]]) -> dict[str, EntityResult]:

@@ -74,10 +74,15 @@ def _normalized(text: str) -> str:
 
 
 def read_descriptions(path: Path, vocab: Vocabulary, wanted: set[str], out: SourceSet,
-                      per_entity: int) -> None:
-    """Add up to ``per_entity`` distinct description sentences per wanted entity (file order) to ``out``."""
+                      per_entity: int, near_duplicate: float | None = None) -> None:
+    """Add up to ``per_entity`` distinct description sentences per wanted entity (file order) to ``out``.
+
+    Exact repeats (case and punctuation aside) are skipped; with ``near_duplicate`` set, a sentence whose
+    cosine similarity to an earlier kept sentence of the same entity reaches it (all-MiniLM-L6-v2) is
+    rejected as a near-duplicate, before the per-entity bound is applied.
+    """
     seen: set[tuple[str, str]] = set()
-    kept: Counter[str] = Counter()
+    candidates: dict[str, list[tuple[int, SourceItem]]] = {}
     with descriptions_file(path).open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
@@ -91,14 +96,36 @@ def read_descriptions(path: Path, vocab: Vocabulary, wanted: set[str], out: Sour
             if entity not in wanted or key in seen:
                 continue  # not requested / duplicate phrasing: expected, counted by the caller
             seen.add(key)
-            if kept[entity] >= per_entity:
+            candidates.setdefault(entity, []).append((line_no, SourceItem(
+                "description", " ".join(row["sentence"].split()), str(row.get("id") or f"line:{line_no}"),
+                row.get("url"), row.get("title"), row.get("licence"))))
+    for entity, items in candidates.items():
+        for line_no, item in _drop_near_duplicates(entity, items, near_duplicate, out):
+            if sum(1 for i in out.items.get(entity, []) if i.kind == "description") >= per_entity:
                 out.rejected.append({"input": "descriptions", "line": line_no, "entity": entity,
                                      "reason": f"over the per-entity bound ({per_entity})"})
                 continue
-            kept[entity] += 1
-            out.add(entity, SourceItem("description", " ".join(row["sentence"].split()),
-                                       str(row.get("id") or f"line:{line_no}"), row.get("url"), row.get("title"),
-                                       row.get("licence")))
+            out.add(entity, item)
+
+
+def _drop_near_duplicates(entity: str, items: list[tuple[int, SourceItem]], threshold: float | None,
+                          out: SourceSet) -> list[tuple[int, SourceItem]]:
+    """``items`` without the near-duplicates of earlier items (each recorded in ``out.rejected``)."""
+    if threshold is None or len(items) < 2:
+        return items
+    from knowledge.embeddings import near_duplicates  # torch: only when de-duplicating
+    from knowledge.grounding import same_facts
+
+    kept = []
+    verdicts = near_duplicates([item.text for _, item in items], threshold, same_facts)
+    for (line_no, item), verdict in zip(items, verdicts):
+        if verdict is None:
+            kept.append((line_no, item))
+            continue
+        original, similarity = verdict
+        out.rejected.append({"input": "descriptions", "line": line_no, "entity": entity,
+                             "reason": f"near-duplicate of line {items[original][0]} (cosine {similarity:.3f})"})
+    return kept
 
 
 def _parse_description(line: str, vocab: Vocabulary) -> tuple[dict[str, Any], str | None]:

@@ -24,7 +24,13 @@ from devide.stage import StageContext, StageError
 from knowledge.base import write_knowledge_base
 from knowledge.cache import AnswerCache
 from knowledge.config import STAGE, HarmonizeConfig  # noqa: F401  (re-exported)
-from knowledge.harmonizer import EntityResult, Harmonizer, HarmonizerSettings, rules_only
+from knowledge.harmonizer import (
+    EntityResult,
+    Harmonizer,
+    HarmonizerSettings,
+    drop_near_duplicates,
+    rules_only,
+)
 from knowledge.labeler import ReportLabeler
 from knowledge.llm import (
     LOCAL_MODEL_ALIAS,
@@ -59,7 +65,8 @@ def collect_sources(cfg: HarmonizeConfig) -> tuple[list[str], SourceSet]:
         sources.add(entity, item)
     wanted = set(entities)
     if cfg.descriptions is not None:
-        read_descriptions(cfg.descriptions, vocab, wanted, sources, cfg.descriptions_per_entity)
+        read_descriptions(cfg.descriptions, vocab, wanted, sources, cfg.descriptions_per_entity,
+                          cfg.dedup_threshold)
     if cfg.reports is not None and cfg.report_sentences_per_entity:
         sample_report_sentences(cfg.reports, ReportLabeler(vocab), wanted, sources,
                                 cfg.report_sentences_per_entity, cfg.max_reports)
@@ -124,8 +131,8 @@ async def _harmonize_async(cfg: HarmonizeConfig, settings: ChatSettings, sources
     client = ChatClient(settings, cache, f"{prompt.version}+schema@{schema_hash()}", answer_schema(), start_endpoint)
     harmonizer = Harmonizer(vocab, client, prompt, HarmonizerSettings(
         sentences_per_request=cfg.sentences_per_request, max_requests_per_entity=cfg.max_requests_per_entity,
-        min_support=cfg.min_support, max_reasks=cfg.max_reasks, llm_sources=tuple(cfg.llm_sources),
-        max_total_requests=cfg.max_llm_requests), backend)
+        min_support=cfg.min_support, min_semantic=cfg.min_semantic, max_reasks=cfg.max_reasks,
+        llm_sources=tuple(cfg.llm_sources), max_total_requests=cfg.max_llm_requests), backend)
     try:
         results = await harmonizer.harmonize(sources.items)
     finally:
@@ -175,21 +182,26 @@ def run(cfg: HarmonizeConfig, ctx: StageContext) -> dict:
         results, usage = rules_only(load_vocabulary(cfg.vocabulary), sources.items), {}
     else:
         results, usage = run_llm(cfg, ctx, sources, backend)
+    duplicates = drop_near_duplicates(results, cfg.dedup_threshold)
     records = [row.as_record() for entity in entities for row in results[entity].rows]
     failed = [{"entity": e, "reasons": results[e].failures} for e in entities if results[e].failures]
     grounding = [r for e in entities for r in results[e].grounding_rejections]
     write_knowledge_base(ctx.work_dir, records)
     (ctx.work_dir / "failed.json").write_text(json.dumps(failed, indent=2) + "\n", encoding="utf-8")
     _write_jsonl(ctx.work_dir / "rejections.jsonl",
-                 sources.rejected + [{"input": "generated", "reason": "ungrounded", **r} for r in grounding])
+                 sources.rejected + [{"input": "generated", "reason": "ungrounded", **r} for r in grounding]
+                 + [{"input": "row", "reason": "near-duplicate", **r}
+                    for e in entities for r in results[e].duplicates])
     usage = {**usage, "backend_requested": cfg.backend, "backend_used": backend,
-             "grounding_rejections": len(grounding), "entities_failed": len(failed)}
+             "grounding_rejections": len(grounding), "near_duplicates_dropped": duplicates,
+             "entities_failed": len(failed)}
     (ctx.work_dir / "usage.json").write_text(json.dumps(usage, indent=2) + "\n", encoding="utf-8")
     if failed:
         ctx.logger.warning("%d entities had failed LLM requests (their sources were rules-tagged): %s",
                            len(failed), ", ".join(f["entity"] for f in failed))
     return {"entities": len(entities), "rows": len(records), "backend_used": backend,
             "entities_failed": len(failed), "grounding_rejections": len(grounding),
+            "near_duplicates_dropped": duplicates,
             "inputs_rejected": len(sources.rejected), "reports_read": sources.reports_read,
             "llm_calls": usage.get("calls", 0), "cache_hits": usage.get("cache_hits", 0),
             "total_tokens": usage.get("total_tokens", 0)}
