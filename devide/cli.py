@@ -120,6 +120,18 @@ def _flag_for(name: str, annotation: Any) -> dict[str, Any] | None:
     return None
 
 
+def default_text(info: Any) -> str:
+    """`` (default: X)`` for a field's help: the value a default factory makes, nothing for a required field, a
+    None default, or a description that already says what the default is."""
+    if info.is_required() or "default" in (info.description or "").lower():
+        return ""
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return ""
+    shown = value.value if isinstance(value, enum.Enum) else str(value) if isinstance(value, Path) else repr(value)
+    return f" (default: {shown})"
+
+
 def add_stage_arguments(parser: argparse.ArgumentParser, stage: Stage) -> None:
     parser.add_argument("--config", type=Path, help="YAML file with the stage config (flags override it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -130,9 +142,8 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: Stage) -> None:
         kwargs = _flag_for(name, info.annotation)
         if kwargs is None:
             continue
-        default = "" if info.is_required() else f" (default: {info.default!r})"
-        doc = (info.description or "").strip()
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg__{name}", help=f"{doc}{default}", **kwargs)
+        doc = f"{(info.description or '').strip()}{default_text(info)}".strip().replace("%", "%%")
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg__{name}", help=doc or None, **kwargs)
 
 
 def stage_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 
 ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 REDACTED = "***REDACTED***"
@@ -42,7 +42,8 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
-    out: Path | None = None
+    out: Path | None = Field(None, description="artifact folder of the stage (built in OUT.partial, renamed when "
+                                                "complete); the pipeline runner sets it from its workdir")
     """Artifact folder of the stage. The runner sets it from the pipeline's ``workdir``."""
 
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -199,12 +199,13 @@ def check_training(cfg: Any) -> ProbeResult:
     """Probe of ``train``: the model config resolves (towers found offline, keys valid), a tiny model with the
     configured text tower round-trips, and the checkpoints' size is estimated (weights + two AdamW moments per
     kept checkpoint, plus the final model)."""
-    from devide.modeling import DevideConfig
+    from devide.checks import validate_model_config
+    from devide.config import ConfigError
 
     try:
-        config = DevideConfig(**cfg.model)
-    except Exception as exc:  # noqa: BLE001
-        raise PreflightError(f"model config: {_one_line(exc)}") from exc
+        config = validate_model_config(cfg.model)
+    except ConfigError as exc:  # one line naming the key (e.g. model.embed_dim)
+        raise PreflightError(str(exc)) from exc
     _model_probe(config.text_model_name_or_path)
     parameters = _tower_parameters(config.vision_tower_config()) + _tower_parameters(config.text_tower_config())
     weights = 4 * parameters

@@ -90,6 +90,10 @@ class Stage:
     code: tuple[str, ...] = ()
     """Packages or modules (dotted names) whose files decide the result: their content enters the fingerprint.
     Empty: the package of the run function."""
+    check: str | None = None
+    """``"module:function"`` validating the config beyond its field types (paths that must be artifacts, nested
+    model settings, geometry), called before any work, lock or work folder; raises ``ConfigError`` in one line
+    (see :mod:`devide.checks`)."""
     preflight: str | None = None
     """``"module:function"`` checking, before a pipeline's first stage runs, that this stage will be able to start
     (called with its config; see :mod:`devide.preflight`). None: only its imports are checked."""
@@ -99,6 +103,11 @@ class Stage:
             return self.run
         module_name, _, attr = self.run.partition(":")
         return getattr(import_module(module_name), attr)
+
+    def run_check(self, cfg: StageConfig) -> None:
+        if self.check:
+            module_name, _, attr = self.check.partition(":")
+            getattr(import_module(module_name), attr)(cfg)
 
     def code_modules(self) -> tuple[str, ...]:
         if self.code:
@@ -293,6 +302,7 @@ def execute_stage(stage: Stage, cfg: StageConfig, *, force: bool = False, quiet:
     if cfg.out is None:
         raise StageError(f"stage '{stage.name}' needs an output folder: set 'out' (or --out)")
     out = Path(cfg.out)
+    stage.run_check(cfg)
     if not is_main_process():  # rank 0 holds the lock for the whole launch
         return _execute_locked(stage, cfg, out, force=force, quiet=quiet)
     try:
@@ -334,7 +344,7 @@ def _execute_locked(stage: Stage, cfg: StageConfig, out: Path, *, force: bool, q
                             seconds=round(time.perf_counter() - started, 3))
             # A user error (bad input) is reported in one line by the CLI; its traceback goes to the log file
             # only. Anything else is a bug and keeps its traceback on the console too.
-            user_error = isinstance(exc, (StageError, ConfigError))
+            user_error = isinstance(exc, (StageError, ConfigError, FileNotFoundError))
             ctx.logger.log(logging.DEBUG if user_error else logging.ERROR, "stage %s failed: %s\n%s",
                            stage.name, exc, traceback.format_exc())
             write_json_atomic(partial / MANIFEST, manifest)

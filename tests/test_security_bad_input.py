@@ -52,3 +52,53 @@ def test_small_bootstrap_counts_plot_without_error(tmp_path, resamples):
     row = {"class": "X", "auc": float(roc_auc_score(labels, scores)), "auc_ci": [low, high]}
     plot_auc_bars(tmp_path / f"auc-{resamples}.png", [row], {"X": "seen"})
     assert (tmp_path / f"auc-{resamples}.png").stat().st_size > 0
+
+
+@pytest.fixture
+def fake_prepared(tmp_path):
+    """A folder with the shape of a prepare-data artifact (the checks look at its shape only)."""
+    folder = tmp_path / "prepared"
+    (folder / "dataset").mkdir(parents=True)
+    (folder / "entities.json").write_text('["pneumothorax"]')
+    return folder
+
+
+TINY_VIT = ("{model_type: vit, image_size: 64, patch_size: %d, num_channels: 1, hidden_size: 32, "
+            "num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--set", "model.embed_dim=abc"],
+     "invalid config key 'model.embed_dim': Input should be a valid integer, unable to parse string as an integer "
+     "(got 'abc')"),
+    (["--set", "model.embed_dims=64"], "unknown config key 'model.embed_dims' for DevideConfig (did you mean"),
+    (["--set", f"model.vision_config={TINY_VIT % 128}"],
+     "invalid config key 'model.vision_config.patch_size': 128 must be between 1 and the image size 64"),
+    (["--set", f"model.vision_config={TINY_VIT % 24}"],
+     "invalid config key 'model.vision_config.image_size': 64 is not a multiple of the patch size 24"),
+])
+def test_bad_model_settings_exit_2_in_one_line_before_any_work(tmp_path, capsys, fake_prepared, extra, expected):
+    """Issue 19.10: `--set model.embed_dim=abc` said "not all arguments converted during string formatting";
+    a patch larger than the image crashed mid-training with exit 1."""
+    from devide import cli
+
+    out = tmp_path / "train"
+    code = cli.main(["train", "--dataset", str(fake_prepared), "--knowledge-fallback", "definitions",
+                     "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert expected in err
+    assert not [p for p in tmp_path.iterdir() if p.name != "prepared"]  # no work folder, no lock file
+
+
+def test_a_dataset_that_is_not_an_artifact_exits_2_in_one_line(tmp_path, capsys):
+    """Issue 19.10: exit 2 but with a FileNotFoundError traceback on the console."""
+    from devide import cli
+
+    (tmp_path / "images").mkdir()
+    code = cli.main(["train", "--dataset", str(tmp_path / "images"), "--knowledge-fallback", "definitions",
+                     "--out", str(tmp_path / "train")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "is not a `devide prepare-data` artifact (no dataset or entities.json)" in err
+    assert not (tmp_path / "train.partial").exists()

@@ -23,6 +23,7 @@ STAGE = Stage(
     help="pretrain the DeViDe model with Accelerate (use `accelerate launch -m devide train` for many GPUs)",
     input_fields=("dataset", "knowledge", "vocabulary", "init_from"),
     volatile_fields=VOLATILE_FIELDS,
+    check="devide.checks:check_train",
     preflight="devide.preflight:check_training",
     code=("devide.training", "devide.modeling", "devide.data.loading", "devide.data.image_io", "knowledge"),
 )

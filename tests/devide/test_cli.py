@@ -1,10 +1,13 @@
 """The CLI: flags generated from a stage's config, one-line errors with exit 2, not-built stages."""
 
+import argparse
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
+from pydantic import Field
 
 from devide import cli
 from devide.config import StageConfig
@@ -80,3 +83,51 @@ def test_run_command_on_a_bad_pipeline_is_one_line(tmp_path):
                          timeout=60)
     assert out.returncode == 2
     assert "confg" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+class DefaultsConfig(StageConfig):
+    items: list[str] = Field(default_factory=list, description="a list")
+    sizes: list[int] = Field(default_factory=lambda: [224, 512], description="sizes")
+    endpoint: str | None = Field(None, description="endpoint (default: the public one)")
+    optional: str | None = Field(None, description="nothing by default")
+    rate: float = Field(0.5, description="50% of it")
+    folder: Path = Field(Path("runs"), description="where")
+
+
+def help_entries(stage: Stage) -> dict[str, str]:
+    """{--flag: its help text on one line} of a stage's generated CLI."""
+    parser = argparse.ArgumentParser(prog=f"devide {stage.name}")
+    cli.add_stage_arguments(parser, stage)
+    return {a.option_strings[0]: " ".join((a.help or "").split()) for a in parser._actions if a.option_strings}
+
+
+def test_help_shows_real_defaults_once():
+    """Issue 19.11: `--help` showed "(default: PydanticUndefined)" for default factories and "(default: None)"
+    after descriptions that already named the default."""
+    entries = help_entries(Stage("defaults", DefaultsConfig, echo))
+    assert entries["--items"] == "a list (default: [])"
+    assert entries["--sizes"] == "sizes (default: [224, 512])"
+    assert entries["--endpoint"] == "endpoint (default: the public one)"
+    assert entries["--optional"] == "nothing by default"
+    assert entries["--rate"] == "50%% of it (default: 0.5)"  # argparse renders %% as %
+    assert entries["--folder"] == "where (default: runs)"
+    assert entries["--out"].startswith("artifact folder of the stage")
+
+
+def test_no_installed_stage_help_shows_placeholders_or_repeated_defaults():
+    stages = []
+    for name in cli.command_names():
+        try:
+            plugin = cli.load_command(name)
+        except cli.NotBuiltError:
+            continue
+        if isinstance(plugin, Stage):
+            stages.append(plugin)
+    assert {"push", "train", "harmonize", "evaluate"} <= {s.name for s in stages}
+    for stage in stages:
+        parser = argparse.ArgumentParser(prog=f"devide {stage.name}")
+        cli.add_stage_arguments(parser, stage)
+        text = parser.format_help()
+        assert "PydanticUndefined" not in text and "(default: None)" not in text, stage.name
+        for flag, help_text in help_entries(stage).items():
+            assert help_text.count("(default:") <= 1 and help_text.lower().count("default") <= 2, (stage.name, flag)

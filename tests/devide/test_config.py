@@ -100,3 +100,22 @@ def test_secret_keys_are_redacted_and_do_not_change_the_hash():
     assert "sk-live-123" not in str(dumped) and "hf_abcdef" not in str(dumped)
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(load_config(ExampleConfig, overrides={"seed": 1}))
+
+
+def test_urls_lose_their_credentials_and_nothing_else():
+    from devide.config import REDACTED, redact_argv, redact_text, redact_url
+
+    assert redact_url("http://user:sk-abc@10.0.0.1:8000/v1?api_key=XYZ&x=1") == (
+        f"http://{REDACTED}@10.0.0.1:8000/v1?api_key={REDACTED}&x=1")
+    assert redact_url("https://h.example/v1?token=T&access_token=U") == (
+        f"https://h.example/v1?token={REDACTED}&access_token={REDACTED}")
+    for clean in ("http://127.0.0.1:8000/v1", "https://api.openai.com/v1?region=eu", "artifacts/demo2/train",
+                  "/work/main/artifacts/demo2/prepare-data", "OPENAI_API_KEY", "meta-llama/Llama-3.1-8B-Instruct",
+                  "b8db62e0c1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6", "xmcmic/Med-KEBERT"):
+        assert redact_text(clean) == clean
+    assert redact_text("sk-proj-abcdefghijklmnop1234") == REDACTED
+    assert redact_text("hf_AbCdEfGhIjKlMnOpQrStUv") == REDACTED
+    assert redact_argv(["devide", "harmonize", "--base-url=http://u:k@h/v1", "--api-key-env",
+                        "sk-proj-abcdefghijklmnop1234", "--set", "base_url=http://h/?api_key=K", "--force"]) == [
+        "devide", "harmonize", f"--base-url=http://{REDACTED}@h/v1", "--api-key-env", REDACTED, "--set",
+        f"base_url=http://h/?api_key={REDACTED}", "--force"]
