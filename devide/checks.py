@@ -25,7 +25,7 @@ def _field_types(config_cls: type) -> dict[str, Any]:
     for klass in reversed(config_cls.__mro__):
         for name, annotation in getattr(klass, "__annotations__", {}).items():
             try:
-                types[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+                types[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
             except Exception:  # noqa: BLE001 - an annotation naming a type we do not import: not checked
                 types[name] = Any
     known = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()

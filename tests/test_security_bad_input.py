@@ -69,8 +69,8 @@ TINY_VIT = ("{model_type: vit, image_size: 64, patch_size: %d, num_channels: 1, 
 
 @pytest.mark.parametrize("extra, expected", [
     (["--set", "model.embed_dim=abc"],
-     "invalid config key 'model.embed_dim': Input should be a valid integer, unable to parse string as an integer "
-     "(got 'abc')"),
+     ("invalid config key 'model.embed_dim': Input should be a valid integer, unable to parse string as an integer "
+      "(got 'abc')")),
     (["--set", "model.embed_dims=64"], "unknown config key 'model.embed_dims' for DevideConfig (did you mean"),
     (["--set", f"model.vision_config={TINY_VIT % 128}"],
      "invalid config key 'model.vision_config.patch_size': 128 must be between 1 and the image size 64"),
