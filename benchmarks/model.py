@@ -16,6 +16,16 @@ torch.utils.flop_counter (matmuls, convolutions, attention) on the first, untime
 the device's peak (dense bf16 for bf16 runs, TF32 for fp32 runs on CUDA; --peak-tflops overrides). Writes
 benchmarks/results/model.json (model_cuda.json for --device cuda) after each vision tower, with the CPU load
 average at that moment.
+
+    .venv/bin/python benchmarks/model.py --text-encoding [--texts 2760] [--text-rounds 3]
+
+Text encoding instead (the frozen tower's cache warm-up): the unique report texts (findings + impression, as
+prepare-data builds them) of the phantom's training studies, encoded by the shipped MiniLM three ways,
+interleaved round by round in rotating order: ``chunks_256`` (the former way: chunks of 256 in input order,
+each padded to its longest), ``sentence_transformers`` (``DevideModel._tokenize_and_encode``: length-sorted
+batches of 64 by ``SentenceTransformer.encode``) and ``bucketed`` (the same sorting without the library).
+Reports medians over rounds, the speed-ups over ``chunks_256`` and the largest embedding difference, into the
+``text_encoding`` entry of the results file (the grid's entries are kept, and vice versa).
 """
 
 from __future__ import annotations
@@ -229,6 +239,78 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+def report_texts(count: int) -> list[str]:
+    """Up to ``count`` unique report texts of the phantom's training studies (findings + impression, as
+    prepare-data's ``report_text``), in study order."""
+    from devide.config import load_config
+    from devide.data.phantom import PhantomConfig, load_spec
+    from devide.data.phantom.layouts import plan
+
+    cfg = load_config(PhantomConfig, overrides={"n_studies": int(count * 1.15) + 50, "eval_sets": [], "seed": 0})
+    planned = plan(cfg, load_spec())
+    texts = (" ".join(" ".join(s.text for s in planned.reports[study.study_id].findings
+                                + planned.reports[study.study_id].impression).split())
+             for study in planned.studies if study.split == "train")
+    return list(dict.fromkeys(t for t in texts if t))[:count]
+
+
+def encode_chunks_256(model: DevideModel, texts: list[str]) -> torch.Tensor:
+    """The former encoding: chunks of 256 in input order, each padded to its longest -> [n, d_t]."""
+    outputs = []
+    for start in range(0, len(texts), 256):
+        batch = model.tokenizer(texts[start:start + 256], padding=True, truncation=True,
+                                max_length=model.config.text_max_length, return_tensors="pt").to(model.device)
+        outputs.append(model.text(batch["input_ids"], batch["attention_mask"]))
+    return torch.cat(outputs)
+
+
+def run_text_encoding(args: argparse.Namespace, device: torch.device) -> dict:
+    """Seconds per way of encoding, interleaved round by round (rotating order); medians and ratios."""
+    import statistics
+
+    from devide.modeling.text_encoding import encode_bucketed
+
+    texts = report_texts(args.texts)
+    model = DevideModel(DevideConfig(entities=list(DEFAULT_ENTITIES)[:2], vision_preset="tiny")).to(device).eval()
+    max_length = model.config.text_max_length
+    ways = {"chunks_256": lambda: encode_chunks_256(model, texts),
+            "sentence_transformers": lambda: model._tokenize_and_encode(texts),
+            "bucketed": lambda: encode_bucketed(model.text, model.tokenizer, texts, max_length)}
+    names = list(ways)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in names}  # this process's CPU time: the work done,
+    # less sensitive than wall time to what else runs on a shared machine
+    outputs: dict[str, torch.Tensor] = {}
+    lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    print(f"{len(texts)} texts, mean {statistics.mean(map(len, texts)):.0f} characters, "
+          f"mean {statistics.mean(lengths):.1f} tokens (max {max(lengths)})", flush=True)
+    with torch.no_grad():
+        model._tokenize_and_encode(texts[:8])  # builds the sentence-transformers route outside the timing
+        for number in range(args.text_rounds):
+            for name in names[number % len(names):] + names[:number % len(names)]:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                outputs[name] = ways[name]()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds[name].append(time.perf_counter() - start)
+                cpu_seconds[name].append(time.process_time() - cpu_start)
+                print(f"round {number + 1}: {name:22s} {seconds[name][-1]:7.1f} s wall {cpu_seconds[name][-1]:7.1f} s CPU "
+                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    median = {name: statistics.median(seconds[name]) for name in names}
+    median_cpu = {name: statistics.median(cpu_seconds[name]) for name in names}
+    reference = outputs["chunks_256"]
+    return {"texts": len(texts), "mean_characters": round(statistics.mean(map(len, texts)), 1),
+            "mean_tokens": round(statistics.mean(lengths), 1), "max_length": max_length, "batch_size": 64,
+            "rounds": args.text_rounds, "threads": args.threads, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "median_seconds": {name: round(value, 2) for name, value in median.items()},
+            "median_cpu_seconds": {name: round(value, 2) for name, value in median_cpu.items()},
+            "texts_per_s": {name: round(len(texts) / value, 1) for name, value in median.items()},
+            "speedup_over_chunks_256": {name: round(median["chunks_256"] / median[name], 2) for name in names[1:]},
+            "cpu_speedup_over_chunks_256": {name: round(median_cpu["chunks_256"] / median_cpu[name], 2)
+                                            for name in names[1:]},
+            "max_abs_difference": {name: float((outputs[name] - reference).abs().max()) for name in names[1:]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -246,6 +328,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/model*.json)")
+    parser.add_argument("--text-encoding", action="store_true",
+                        help="benchmark the text tower's cache warm-up encoding instead of training steps")
+    parser.add_argument("--texts", type=int, default=2760, help="report texts for --text-encoding (default 2760)")
+    parser.add_argument("--text-rounds", type=int, default=3, help="interleaved rounds for --text-encoding")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -264,13 +350,27 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
 
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+
     def save(rows: list[dict]) -> dict:
         report = {"benchmark": "model", "device": device_name, "torch": torch.__version__, "threads": args.threads,
                   "cpu_load_average": list(os.getloadavg()), "entities": args.entities,
                   "sentences_per_entity": args.sentences, "results": rows, "ratios": ratios(rows)}
+        if "text_encoding" in previous:
+            report["text_encoding"] = previous["text_encoding"]
         out.write_text(json.dumps(report, indent=2) + "\n")
         return report
 
+    if args.text_encoding:
+        load_before = list(os.getloadavg())
+        entry = {"device": device_name, "torch": torch.__version__, "cpu_load_average_before": load_before,
+                 **run_text_encoding(args, device), "cpu_load_average_after": list(os.getloadavg())}
+        out.write_text(json.dumps({**previous, "text_encoding": entry}, indent=2) + "\n")
+        print(json.dumps({k: entry[k] for k in ("texts_per_s", "speedup_over_chunks_256",
+                                                "cpu_speedup_over_chunks_256", "max_abs_difference")},
+                         indent=2))
+        print(f"wrote {out}")
+        return
     report = save(run_grid(args, device, save))
     print(json.dumps(report["ratios"], indent=2))
     print(f"wrote {out}")

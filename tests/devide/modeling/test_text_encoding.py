@@ -11,8 +11,12 @@ from transformers import AutoConfig, AutoTokenizer
 from devide.modeling import DevideConfig, DevideModel
 from devide.modeling.configuration_devide import default_text_model_path
 from devide.modeling.text_cache import TextTower, load_pretrained_encoder
-from devide.modeling.text_encoding import (encode_bucketed, is_sentence_transformers_folder, length_order,
-                                           sentence_transformers_route)
+from devide.modeling.text_encoding import (
+    encode_bucketed,
+    is_sentence_transformers_folder,
+    length_order,
+    sentence_transformers_route,
+)
 
 # lengths from 3 to past the 32-token cap, in no particular order: batches of 4 mix nothing alike
 TEXTS = ["Heart size is normal.", "Small left pleural effusion with adjacent basal atelectasis, unchanged. " * 3,
