@@ -328,11 +328,11 @@ def check_knowledge_privacy(cfg: PushConfig, knowledge: Path | None) -> None:
                          "artifact the model was trained with) so they can be checked, or --allow-report-knowledge "
                          "for non-credentialed data")
     stored, rows = model_sentences(cfg.model), knowledge_rows(knowledge)
-    foreign = stored - {row.sentence for row in rows}
+    foreign = {s.strip() for s in stored} - {row.sentence.strip() for row in rows}  # the model strips them
     if foreign:
         raise StageError(f"refusing to push: knowledge.json holds {len(foreign)} sentence(s) that are not in "
                          f"{knowledge.name}, so it was not trained with that knowledge and cannot be checked")
-    leaked = stored & {row.sentence for row in rows if row.source == "report"}
+    leaked = {s.strip() for s in stored} & {row.sentence.strip() for row in rows if row.source == "report"}
     if leaked and not cfg.allow_report_knowledge:
         raise StageError(f"refusing to push: knowledge.json holds {len(leaked)} sentence(s) derived from training "
                          "reports (credentialed data); pass --allow-report-knowledge only for non-credentialed "

@@ -407,3 +407,44 @@ def test_real_data_card_names_its_data_without_a_phantom_warning(model_dir, eval
     assert card.data.eval_results[0].dataset_name == "chestxray14"
     assert "phantom" not in card.text.lower()
     assert "- Trained on: `mimic-cxr-jpg` (real radiographs" in card.text
+
+
+def test_push_of_a_real_training_run_verifies_its_knowledge(tmp_path):
+    """End to end on real artifacts: a harmonize-shaped artifact with a report sentence -> `devide train` (tiny,
+    2 steps) -> push. The train manifest's knowledge fingerprint decides which artifact checks the model."""
+    from devide.config import StageConfig
+    from devide.stage import Stage
+    from devide.training.config import TrainConfig
+    from devide.training.stage import STAGE as TRAIN
+    from knowledge.base import write_knowledge_base
+    from tests.devide.training.tiny_data import KNOWLEDGE, build, train_config
+
+    build(tmp_path)
+
+    class KbConfig(StageConfig):
+        report_sentence: str
+
+    def write_kb(cfg: KbConfig, ctx) -> dict:
+        rows = [(entity, "definition" if aspect == "definition" else "description", aspect, sentence)
+                for entity, aspects in KNOWLEDGE.items() for aspect, sentences in aspects.items()
+                for sentence in sentences]
+        rows.append(("pleural_effusion", "report", "location", cfg.report_sentence))
+        write_knowledge_base(ctx.work_dir, [{"entity": e, "source": s, "aspect": a, "sentence": t,
+                                             "provenance": "{}", "hash": str(i)}
+                                            for i, (e, s, a, t) in enumerate(rows)])
+        return {"rows": len(rows)}
+
+    kb_stage = Stage("harmonize", KbConfig, write_kb)
+    trained_with = execute_stage(kb_stage, KbConfig(out=tmp_path / "H", report_sentence="Large left effusion.")).out
+    other = execute_stage(kb_stage, KbConfig(out=tmp_path / "R", report_sentence="Small right effusion.")).out
+    train = execute_stage(TRAIN, load_config(TrainConfig, overrides=train_config(
+        tmp_path, tmp_path / "train", knowledge=str(trained_with), max_steps=2)), quiet=True).out
+    model = train / "model"
+    assert "Large left effusion." in json.loads((model / "knowledge.json").read_text())["pleural_effusion"]
+
+    with pytest.raises(StageError, match="not the knowledge the model was trained with"):
+        dry_run(model, tmp_path / "d1", training=str(train), knowledge=str(other), allow_report_knowledge=False)
+    with pytest.raises(StageError, match="derived from training reports"):
+        dry_run(model, tmp_path / "d2", allow_report_knowledge=False)  # H found through T/manifest.json
+    staged = dry_run(model, tmp_path / "d3", training=str(train), knowledge=str(trained_with))
+    assert json.loads((staged / "knowledge.json").read_text()) == json.loads((model / "knowledge.json").read_text())
