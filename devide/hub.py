@@ -390,6 +390,8 @@ def data_origin(path: Path, depth: int = 0) -> dict[str, Any]:
     ``{"name": str, "phantom": bool}``. Phantom data are recognised by the phantom stage's manifest or its
     findings.json, never by a folder name."""
     path = Path(path)
+    if not path.exists():
+        return {"name": path.name, "phantom": None}  # not found from here: unknown, never assumed real
     found = _artifact_of(path)
     if found is None:
         phantom = any((folder / "findings.json").is_file() for folder in (path, path.parent))
@@ -508,11 +510,18 @@ def provenance(cfg: PushConfig, knowledge: Path | None) -> dict[str, Any]:
     return info
 
 
-def data_section(results: list[dict[str, Any]], info: dict[str, Any]) -> tuple[str, bool]:
-    """(markdown naming what the model was trained and evaluated on, whether any of it is phantom data)."""
-    trained = info.get("training_data")
+def data_section(results: list[dict[str, Any]], info: dict[str, Any],
+                 model_config: dict[str, Any] | None = None) -> tuple[str, bool]:
+    """(markdown naming what the model was trained and evaluated on, whether any of it is phantom data). The
+    model's own record (``training_data`` in its config, written by `devide train`) wins over the manifests."""
+    recorded = (model_config or {}).get("training_data")
+    trained = ({"name": str(recorded.get("dataset")), "phantom": bool(recorded.get("phantom"))}
+               if isinstance(recorded, dict) and "phantom" in recorded else info.get("training_data"))
     if trained is None:
         train_line = "- Trained on: not recorded (push with `--training`, the `devide train` artifact)."
+    elif trained["phantom"] is None:
+        train_line = (f"- Trained on: `{trained['name']}` (its origin could not be verified from here: the "
+                      "prepare-data artifact named by the train manifest was not found).")
     elif trained["phantom"]:
         train_line = (f"- Trained on: **phantom radiographs** (`{trained['name']}`): synthetic images and reports "
                       "from `devide phantom`, no real patient data.")
@@ -544,7 +553,7 @@ def render_card(cfg: PushConfig, model_config: dict[str, Any], results: list[dic
            "harmonised": info.get("knowledge_date"),
            **{k: v for k, v in info.get("knowledge_counts", {}).items() if "llm" in k or "backend" in k}}
     entities = model_config.get("entities") or []
-    data_lines, phantom = data_section(results, info)
+    data_lines, phantom = data_section(results, info, model_config)
     content = CARD_TEMPLATE.format(
         warning=f"\n{PHANTOM_WARNING}\n" if phantom else "", data=data_lines, project=PROJECT_URL,
         repo=repo, entities=", ".join(entities[:60]) or "(see config.json)", n_entities=len(entities),

@@ -448,3 +448,25 @@ def test_push_of_a_real_training_run_verifies_its_knowledge(tmp_path):
         dry_run(model, tmp_path / "d2", allow_report_knowledge=False)  # H found through T/manifest.json
     staged = dry_run(model, tmp_path / "d3", training=str(train), knowledge=str(trained_with))
     assert json.loads((staged / "knowledge.json").read_text()) == json.loads((model / "knowledge.json").read_text())
+
+
+def test_the_models_own_training_record_marks_a_phantom_card(model_dir, tmp_path):
+    """`devide train` records training_data in config.json; it travels with the model folder, so the card is
+    honest even when no train artifact is at hand. A train manifest whose dataset cannot be found is unknown."""
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "training_data": {
+        "dataset": "phantom (synthetic radiographs)", "phantom": True, "split": "train", "images": 64}}))
+    card = (dry_run(model_dir, tmp_path / "d1") / "README.md").read_text()
+    assert "> **Warning: phantom data.**" in card
+    assert "- Trained on: **phantom radiographs** (`phantom (synthetic radiographs)`)" in card
+
+    (model_dir / "config.json").write_text(json.dumps(config))
+    knowledge = harmonize_artifact(tmp_path / "kb", "Right apical pneumothorax.")
+    model_knowledge(model_dir, "A visceral pleural line at the apex.")
+    train = train_artifact(tmp_path, model_dir, knowledge, dataset=knowledge)  # any existing input, then removed
+    manifest = json.loads((train / "manifest.json").read_text())
+    manifest["inputs"]["dataset"][0]["path"] = str(tmp_path / "gone" / "prepare-data")
+    (train / "manifest.json").write_text(json.dumps(manifest))
+    card = (dry_run(train / "model", tmp_path / "d2", training=str(train)) / "README.md").read_text()
+    assert "- Trained on: `prepare-data` (its origin could not be verified from here" in card
+    assert "real radiographs" not in card
