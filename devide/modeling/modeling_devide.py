@@ -235,28 +235,35 @@ class CrossViewFusion(nn.Module):
         return self.norm(queries), attention
 
 
-class LogitBias(nn.Module):
+class _OneValue(nn.Module):
+    """A learnable number stored with shape [1], not as a scalar: FSDP2 (``fully_shard``) refuses 0-dim
+    parameters ("fully_shard doesn't support scalar parameters")."""
+
+    def __init__(self, initial: float) -> None:
+        super().__init__()
+        self.initial = initial
+        self.value = nn.Parameter(torch.tensor([float(initial)]))
+
+
+class LogitBias(_OneValue):
     """A learnable additive logit bias β (SigLIP), initialised at ``initial``."""
 
     def __init__(self, initial: float = 0.0) -> None:
-        super().__init__()
-        self.initial = initial
-        self.value = nn.Parameter(torch.tensor(float(initial)))
+        super().__init__(initial)
 
     def forward(self) -> torch.Tensor:
-        return self.value
+        return self.value.squeeze(0)
 
 
-class LogitScale(nn.Module):
+class LogitScale(_OneValue):
     """A learnable temperature exp(s), clamped at ``maximum`` (CLIP)."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        super().__init__()
-        self.initial, self.maximum = initial, maximum
-        self.value = nn.Parameter(torch.tensor(float(initial)))
+        super().__init__(initial)
+        self.maximum = maximum
 
     def forward(self) -> torch.Tensor:
-        return self.value.clamp(max=self.maximum).exp()
+        return self.value.clamp(max=self.maximum).exp().squeeze(0)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:

@@ -571,6 +571,7 @@ class Trainer:
         self.summary.update(
             steps=progress.step, resumed_from_step=start_step, epochs_started=progress.epoch + 1,
             images_seen=progress.images_seen, world_size=accelerator.num_processes,
+            distributed_type=str(accelerator.distributed_type).rsplit(".", 1)[-1],
             global_batch=plan.global_batch, total_steps=plan.total_steps, warmup_steps=plan.warmup_steps,
             seconds=round(seconds, 3),
             images_per_second=round((progress.step - start_step) * plan.global_batch / max(seconds, 1e-9), 2),

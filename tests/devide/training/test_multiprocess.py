@@ -57,6 +57,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
     summary = json.loads((tmp_path / "double" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 8
+    assert summary["process_seeds"] == [42, 43]  # identical init, then each rank draws its own dropout masks
     assert summary["itc_candidates"] == 8  # each rank's 4 anchors were contrasted with both ranks' reports
     assert json.loads((tmp_path / "single" / "train_summary.json").read_text())["itc_candidates"] == 8
     manifest = json.loads((tmp_path / "double" / "manifest.json").read_text())
@@ -83,3 +84,28 @@ def initial_weights(cfg: dict) -> dict:
     set_seed(cfg.get("seed", 42))
     model = DevideModel(DevideConfig(entities=cfg["entities"], **cfg["model"]))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+
+def test_fsdp2_shards_train_gather_and_validate_on_two_cpu_processes(tmp_path):
+    """FSDP2 on 2 gloo CPU processes (torchrun): the model shards (every 0-dim parameter would be refused),
+    trains a step, its gathered full state dict loads into a plain model, and the wrapped forward that
+    validation uses equals predict() of the gathered model.
+
+    Not through `accelerate launch`: Accelerate 1.16 never selects FSDP for CPU processes. With
+    ACCELERATE_USE_CPU=1 it silently runs MULTI_CPU (DDP) (AcceleratorState picks FSDP only when the process
+    group is a multi-accelerator type), and without it a GPU-less host starts 2 unconnected processes that
+    each believe they are rank 0. benchmarks/gpu_smoke.py runs the trainer's FSDP path on a GPU."""
+    out = tmp_path / "fsdp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).parents[3])}
+    launch = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port",
+              str(free_port()), str(Path(__file__).with_name("fsdp_worker.py")), str(out)]
+    proc = subprocess.run(launch, env=env, timeout=300, capture_output=True, check=False, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["world_size"] == 2
+    assert figures["shard_units"] == 1 + 6  # the tiny ViT's layer + the MiniLM text tower's 6 BertLayers
+    assert figures["keys_equal"] and figures["shapes_equal"] and not figures["missing"]
+    assert figures["max_weight_change"] > 1e-4  # the gathered weights are the trained ones
+    assert figures["max_prob_difference"] <= 1e-6
