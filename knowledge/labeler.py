@@ -20,8 +20,8 @@ Design after pyConText / NegEx and the CheXpert labeler (mention -> context -> a
    * negation ("no", "clear of", "without", "within normal limits", "has resolved", "unlikely") -> absent (0);
    * uncertainty ("may", "possible", "cannot be excluded", "difficult to exclude", "in the differential",
      "may be secondary to", "?") -> uncertain (-1);
-   * hypothetical ("evaluation for", "to rule out", "recommend", "if") -> the mention is not an assertion and
-     is dropped (not mentioned);
+   * hypothetical and historical ("evaluation for", "to rule out", "recommend", "if", "history of") -> the
+     mention is not an assertion about this study and is dropped (not mentioned);
    * probable ("likely", "probably", "consistent with", "compatible with") -> consumed, the mention stays
      present: radiologists write "probable small effusion" for an effusion they report, and the MeSH indexers
      of the Indiana collection tag it.
@@ -89,19 +89,22 @@ UNCERTAIN_PRE = (
     "differential includes", "in the differential", "suggestive of", "suggest", "suggests", "suggesting",
     "worrisome for", "equivocal", "indeterminate", "may represent", "could represent", "may be secondary to",
     "raising the possibility of", "not excluded", "difficult to exclude", "difficult to entirely exclude",
-    "difficult to completely exclude", "maybe", "perhaps", "?",
+    "difficult to completely exclude", "maybe", "perhaps", "in the appropriate clinical setting",
+    "in the proper clinical setting", "?",
 )
 UNCERTAIN_POST = (
     "cannot be excluded", "can not be excluded", "could not be excluded", "not excluded", "not be excluded",
     "cannot be ruled out", "can not be ruled out", "not ruled out", "not be ruled out", "not entirely excluded",
     "is possible", "is suspected", "is questioned", "are possible", "possible", "suspected", "questionable",
     "difficult to exclude", "difficult to entirely exclude", "difficult to completely exclude",
-    "in the differential", "not entirely excluded", "less likely", "?",
+    "in the differential", "not entirely excluded", "less likely", "would be a consideration",
+    "is a consideration", "?",
 )
 HYPOTHETICAL_PRE = (
     "evaluation of", "evaluation for", "evaluate for", "to evaluate", "assess for", "to assess", "rule out",
     "to rule out", "rule-out", "r/o", "to identify", "if", "recommend", "recommended", "correlate for",
-    "screening for", "in case of",
+    "screening for", "in case of", "exclude", "to exclude", "consider", "correlate clinically for",
+    "clinical correlation for", "history of",
 )
 HYPOTHETICAL_POST = ("may not be demonstrated", "may not be visible", "may not be seen", "is recommended")
 PROBABLE = (
