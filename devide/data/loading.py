@@ -35,7 +35,8 @@ ARROW_COLUMNS = ("image_path", "report_text", "labels")
 class CxrAugment:
     """Mild, anatomy-preserving augmentation for chest radiographs.
 
-    scale: fraction of the area kept by the random crop (min, max); aspect is jittered by ``ratio``.
+    scale: fraction of the centred square (evaluation's window) kept by the random crop (min, max); aspect is
+    jittered by ``ratio``.
     rotate_deg / translate: small positioning changes. brightness / contrast: relative jitter; gamma: an
     exposure curve range. hflip: probability of a horizontal flip (0 by default: laterality matters).
     """
@@ -77,13 +78,19 @@ class CxrAugment:
         return image
 
     def _crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """(crop width, crop height, left, top) of a random crop keeping ``scale`` of the area."""
-        area = width * height * rng.uniform(*self.scale)
+        """(crop width, crop height, left, top) of a random crop keeping ``scale`` of the *centred square*.
+
+        The square of side min(width, height) in the middle of the image is exactly what evaluation sees (the
+        processor scales the shorter side and centre-crops), so training crops come from the same window with
+        the same geometry: a portrait radiograph is never squashed to a square, only jittered by ``ratio``.
+        """
+        side = min(width, height)
+        area = side * side * rng.uniform(*self.scale)
         aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
-        crop_w = min(width, max(1, round(math.sqrt(area * aspect))))
-        crop_h = min(height, max(1, round(math.sqrt(area / aspect))))
-        left = int(rng.integers(0, width - crop_w + 1))
-        top = int(rng.integers(0, height - crop_h + 1))
+        crop_w = min(side, max(1, round(math.sqrt(area * aspect))))
+        crop_h = min(side, max(1, round(math.sqrt(area / aspect))))
+        left = (width - side) // 2 + int(rng.integers(0, side - crop_w + 1))
+        top = (height - side) // 2 + int(rng.integers(0, side - crop_h + 1))
         return crop_w, crop_h, left, top
 
     def _intensity_table(self, rng: np.random.Generator) -> list[int]:

@@ -183,3 +183,35 @@ def test_saved_configs_keep_their_pooling_and_normalisation(tmp_path):
     (tmp_path / "vit" / "preprocessor_config.json").unlink()  # a saved model never reads the checkpoint again
     loaded = DevideConfig.from_pretrained(tmp_path / "saved")
     assert loaded.text_pooling == "cls" and loaded.image_std == [0.5] * 3
+
+
+# ---------------------------------------------------------------------------------------------- point 3
+
+
+def test_train_and_eval_see_one_geometry():
+    """A portrait image: the un-jittered training crop equals the evaluation processor's output exactly (was:
+    the whole portrait squashed into the square, ~17 % vertical compression)."""
+    from PIL import Image
+
+    from devide.data.loading import CxrAugment
+    from devide.modeling import DevideImageProcessor
+
+    rows = np.arange(120)[:, None].repeat(100, axis=1)
+    portrait = Image.fromarray(((rows * 2) % 256).astype(np.uint8))  # 100 wide, 120 high, a vertical ramp
+    still = CxrAugment(scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0,
+                       gamma=(1, 1))
+    processor = DevideImageProcessor(size=50, image_mean=[0.0], image_std=[1.0])
+    train = processor(still(portrait, np.random.default_rng(0), 50))["pixel_values"]
+    evaluation = processor(portrait)["pixel_values"]
+    torch.testing.assert_close(train, evaluation, rtol=0, atol=1 / 255)
+
+
+def test_random_crops_stay_inside_the_evaluation_window():
+    from devide.data.loading import CxrAugment
+
+    augment = CxrAugment()
+    for seed in range(200):
+        crop_w, crop_h, left, top = augment._crop_box(100, 160, np.random.default_rng(seed))
+        assert left >= 0 and left + crop_w <= 100  # the centred 100 x 100 square: rows 30..130
+        assert top >= 30 and top + crop_h <= 130
+        assert 0.9 - 0.02 <= crop_w / crop_h <= 1.1 + 0.02  # only the configured aspect jitter (rounding)
