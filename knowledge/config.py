@@ -18,6 +18,9 @@ class HarmonizeConfig(StageConfig):
 
     descriptions: Path | None = Field(None, description="crawl artifact folder (or a descriptions.jsonl file)")
     reports: Path | None = Field(None, description="MIMIC-CXR style root with files/pXX/p<subject>/s<study>.txt")
+    reports_split_file: Path | None = Field(
+        None, description="MIMIC-CXR-JPG split CSV: report sentences come from train subjects only (default: "
+                          "mimic-cxr-2.0.0-split.csv[.gz] beside the reports, if there)")
     vocabulary: Path | None = Field(None, description="entities.yaml (default: the packaged vocabulary)")
     entities: list[str] | None = Field(None, description="entity ids to harmonise (default: all)")
     backend: Literal["local", "openai", "rules"] = Field("local", description="LLM backend")
@@ -74,7 +77,7 @@ STAGE = Stage(
     config_cls=HarmonizeConfig,
     run="knowledge.stage:run",
     help="harmonise descriptions, definitions and report sentences into a knowledge base with an LLM",
-    input_fields=("descriptions", "reports", "vocabulary"),
+    input_fields=("descriptions", "reports", "reports_split_file", "vocabulary"),
     volatile_fields=("concurrency", "timeout", "server_threads", "server_start_timeout"),
     preflight="knowledge.preflight:check_harmonize",
 )

@@ -149,9 +149,37 @@ def report_files(root: Path) -> Iterator[Path]:
     yield from sorted(base.glob("p[0-9]*/p[0-9]*/s[0-9]*.txt"))
 
 
+SPLIT_FILES = ("mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv")
+
+
+def find_split_file(reports_root: Path) -> Path | None:
+    """The MIMIC-CXR-JPG split CSV beside the reports (the JPG root doubles as the reports root), or None."""
+    for folder in (Path(reports_root), Path(reports_root).parent):
+        for name in SPLIT_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def train_subjects(split_file: Path) -> set[str]:
+    """Subject ids all of whose studies are in the ``train`` split (MIMIC-CXR splits are subject-disjoint; a
+    subject listed in validate/test anyway is left out), so no held-out patient's report shapes the knowledge."""
+    import pandas as pd
+
+    table = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    missing = [c for c in ("subject_id", "split") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{split_file}: lacks column(s) {', '.join(missing)}")
+    splits = table.groupby(table["subject_id"].str.strip())["split"].agg(lambda s: set(s.str.strip()))
+    return {subject for subject, names in splits.items() if names == {"train"}}
+
+
 def sample_report_sentences(root: Path, labeler: ReportLabeler, wanted: set[str], out: SourceSet,
-                            per_entity: int, max_reports: int) -> None:
-    """Add the ``per_entity`` most frequent positive phrasings per entity from at most ``max_reports`` reports."""
+                            per_entity: int, max_reports: int, subjects: set[str] | None = None) -> None:
+    """Add the ``per_entity`` most frequent positive phrasings per entity from at most ``max_reports`` reports.
+
+    subjects: when given, only reports of these subject ids (``files/pXX/p<subject>/``) are read.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"reports root not found: {root}")
@@ -160,6 +188,8 @@ def sample_report_sentences(root: Path, labeler: ReportLabeler, wanted: set[str]
     for path in report_files(root):
         if out.reports_read >= max_reports:
             break
+        if subjects is not None and path.parent.name[1:] not in subjects:
+            continue
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:

@@ -44,7 +44,14 @@ from knowledge.llm import (
 )
 from knowledge.prompts import load_prompt
 from knowledge.schema import answer_schema, schema_hash
-from knowledge.sources import SourceSet, definition_items, read_descriptions, sample_report_sentences
+from knowledge.sources import (
+    SourceSet,
+    definition_items,
+    find_split_file,
+    read_descriptions,
+    sample_report_sentences,
+    train_subjects,
+)
 from knowledge.vocabulary import load_vocabulary
 
 logger = logging.getLogger("devide.harmonize")
@@ -69,8 +76,26 @@ def collect_sources(cfg: HarmonizeConfig) -> tuple[list[str], SourceSet]:
                           cfg.dedup_threshold)
     if cfg.reports is not None and cfg.report_sentences_per_entity:
         sample_report_sentences(cfg.reports, ReportLabeler(vocab), wanted, sources,
-                                cfg.report_sentences_per_entity, cfg.max_reports)
+                                cfg.report_sentences_per_entity, cfg.max_reports, report_subjects(cfg))
     return entities, sources
+
+
+def report_subjects(cfg: HarmonizeConfig) -> set[str] | None:
+    """Train-split subjects whose reports may be sampled (validate/test reports never shape the knowledge);
+    None, with a warning, when no split file is known."""
+    split_file = cfg.reports_split_file or find_split_file(cfg.reports)
+    if split_file is None:
+        logger.warning("no MIMIC-CXR split file for %s: report sentences come from every subject, validate/test "
+                       "included (set reports_split_file)", cfg.reports)
+        return None
+    if not Path(split_file).is_file():
+        raise StageError(f"reports_split_file not found: {split_file}")
+    try:
+        subjects = train_subjects(Path(split_file))
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    logger.info("report sentences from the %d train subjects of %s", len(subjects), split_file)
+    return subjects
 
 
 def resolve_backend(cfg: HarmonizeConfig) -> str:
