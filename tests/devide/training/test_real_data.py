@@ -215,3 +215,27 @@ def test_random_crops_stay_inside_the_evaluation_window():
         assert left >= 0 and left + crop_w <= 100  # the centred 100 x 100 square: rows 30..130
         assert top >= 30 and top + crop_h <= 130
         assert 0.9 - 0.02 <= crop_w / crop_h <= 1.1 + 0.02  # only the configured aspect jitter (rounding)
+
+
+# ---------------------------------------------------------------------------------------------- the recipe
+
+
+def test_mimic_recipe_labels_every_entity_it_trains_and_samples_train_reports_only():
+    """pipelines/mimic.yaml: each trained entity must be able to get a label from the configured label source
+    (the CheXpert CSV covers 14 of them), and report sentences must come from train subjects."""
+    from pathlib import Path
+
+    import yaml
+
+    from devide.data.adapters.chexpert import CLASSES as CHEXPERT_COLUMNS
+    from knowledge.vocabulary import load_vocabulary
+
+    recipe = yaml.safe_load((Path(__file__).parents[3] / "pipelines" / "mimic.yaml").read_text())["stages"]
+    vocab = load_vocabulary()
+    train = recipe["train"]["config"]
+    trained = set(train.get("entities") or vocab.ids) - set(train.get("exclude_entities", []))
+    source = recipe["prepare-data"]["config"]["label_source"]
+    covered = set(vocab.ids) if source == "labeler" else {vocab.from_label("chexpert", c) for c in CHEXPERT_COLUMNS}
+    assert not trained - covered, f"{len(trained - covered)} trained entities never labelled by {source}"
+    assert "split" in recipe["harmonize"]["config"]["reports_split_file"]
+    assert train["gradient_accumulation_steps"] == 1  # accumulation adds no contrastive negatives
