@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from devide.config import ConfigError, load_config, parse_override
+from devide.locking import LockHeldError
 from devide.log import setup_logging
 from devide.stage import Stage, StageError, execute_stage
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(plugin, Stage):
             return run_stage_command(plugin, args)
         return int(plugin.main(args) or 0)
-    except (ConfigError, StageError, FileNotFoundError) as exc:
+    except (ConfigError, StageError, LockHeldError, FileNotFoundError) as exc:
         print(f"devide {selected}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

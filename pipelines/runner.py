@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devide.cli import NotBuiltError, load_command
 from devide.config import ConfigError, build_config, format_validation_error, read_yaml
+from devide.locking import exclusive
 from devide.preflight import PreflightReport, check_plan
 from devide.stage import Stage, StageError, StageResult, execute_stage, is_up_to_date, read_manifest
 
@@ -194,21 +195,24 @@ def run_pipeline(
     if unknown:
         raise ConfigError(f"--force: unknown stage(s) {', '.join(sorted(unknown))}")
     selected = select(planned, start, until)
-    if check:
-        preflight(spec, selected, tuple(force))
     report = PipelineReport()
-    for item in selected:
-        rerun = "all" in force or item.name in force
-        # execute_stage fingerprints the inputs and decides to skip itself; only a launched stage is checked
-        # here, to avoid starting a launcher for nothing.
-        if item.launch and (rerun or not is_up_to_date(item.stage, item.cfg)):
-            result = launch_stage(item, force=rerun, quiet=quiet)
-        elif item.launch:
-            result = StageResult("skipped", Path(item.cfg.out), read_manifest(Path(item.cfg.out)) or {})
-        else:
-            result = execute_stage(item.stage, item.cfg, force=rerun, quiet=quiet)
-        logger.info("[%s] %s", item.name, result.status)
-        report.results[item.name] = result
+    # One `devide run` per pipeline folder (a second one exits 2 naming the holder); each stage also locks
+    # its own artifact against `devide STAGE` on the same folder (devide.locking).
+    with exclusive(Path(spec.workdir), f"pipeline folder {spec.workdir}"):
+        if check:
+            preflight(spec, selected, tuple(force))
+        for item in selected:
+            rerun = "all" in force or item.name in force
+            # execute_stage fingerprints the inputs and decides to skip itself; only a launched stage is
+            # checked here, to avoid starting a launcher for nothing.
+            if item.launch and (rerun or not is_up_to_date(item.stage, item.cfg)):
+                result = launch_stage(item, force=rerun, quiet=quiet)
+            elif item.launch:
+                result = StageResult("skipped", Path(item.cfg.out), read_manifest(Path(item.cfg.out)) or {})
+            else:
+                result = execute_stage(item.stage, item.cfg, force=rerun, quiet=quiet)
+            logger.info("[%s] %s", item.name, result.status)
+            report.results[item.name] = result
     report.seconds = time.perf_counter() - began
     return report
 

@@ -100,3 +100,55 @@ def test_lock_wait_lets_the_second_run_wait_for_the_first(tmp_path, monkeypatch)
     stdout, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     assert stdout.strip() == "skipped"
+
+
+# A child process: `devide run` of a one-stage pipeline (the slow stage above), errors handled as the CLI does.
+PIPELINE_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from devide import cli
+    from devide.config import StageConfig
+    from devide.stage import Stage
+    from pipelines import runner
+
+    class Cfg(StageConfig):
+        gate: str
+
+    def run(cfg, ctx):
+        (ctx.work_dir / "started").write_text("yes")
+        while not Path(cfg.gate).exists():
+            time.sleep(0.02)
+        return {}
+
+    registry = {"slow": Stage("slow", Cfg, run)}
+    real = runner.run_pipeline
+    runner.run_pipeline = lambda path, **kw: real(path, **{**kw, "registry": registry, "check": False})
+    cli.load_command = lambda name: runner.COMMAND
+    cli.command_names = lambda: ["run"]
+    sys.exit(cli.main(["run", sys.argv[1]]))
+""")
+
+
+def test_a_second_devide_run_of_one_pipeline_exits_2_naming_the_first(tmp_path):
+    gate = tmp_path / "go"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"workdir: {tmp_path / 'work'}\nstages:\n  slow:\n    config: {{gate: {gate}}}\n")
+    first = subprocess.Popen([sys.executable, "-c", PIPELINE_CHILD, str(pipeline)], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(tmp_path / "work" / "slow.partial" / "started")
+    except AssertionError:
+        first.kill()
+        raise AssertionError(first.communicate()[1][-3000:]) from None
+    second = subprocess.run([sys.executable, "-c", PIPELINE_CHILD, str(pipeline)], cwd=REPO, text=True,
+                            capture_output=True, timeout=60, check=False)
+    assert second.returncode == 2
+    holder = second.stderr.split("(", 1)[1].split(")")[0]
+    expected = (f"devide run: error: pipeline folder {tmp_path / 'work'} is locked by another run ({holder}); "
+                "wait for it to finish, or set DEVIDE_LOCK_WAIT=SECONDS to wait")
+    assert second.stderr.strip().splitlines() == [expected]
+    assert f"(pid {first.pid} on " in second.stderr
+    gate.write_text("go")
+    stdout, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert "slow             complete" in stdout
