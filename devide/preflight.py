@@ -67,7 +67,7 @@ def check_imports(stage: Stage) -> None:
         stage.run_function()
         for module in stage.code_modules():
             importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the finding, reported in one line
+    except Exception as exc:  # any import failure is the finding, reported in one line
         raise PreflightError(f"cannot import its code: {_one_line(exc)}") from exc
 
 
@@ -80,7 +80,7 @@ def run_probe(stage: Stage, cfg: Any) -> ProbeResult:
         result = probe(cfg)
     except PreflightError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a probe's unexpected failure is still a stage that cannot start
+    except Exception as exc:  # a probe's unexpected failure is still a stage that cannot start
         raise PreflightError(_one_line(exc)) from exc
     return result if isinstance(result, ProbeResult) else ProbeResult()
 
@@ -177,7 +177,7 @@ def _model_probe(text_model: str | None) -> None:
         model_round_trip(text_model)
     except PreflightError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the library's own error, in one line
+    except Exception as exc:  # the library's own error, in one line
         raise PreflightError(f"a saved DeViDe model or image processor cannot be loaded: {_one_line(exc)}") from exc
 
 
