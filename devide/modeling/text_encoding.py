@@ -83,6 +83,8 @@ class SentenceTransformerRoute:
     def encode(self, encoder: nn.Module, tokenizer, texts: Sequence[str], max_length: int,
                batch_size: int = TEXT_BATCH_SIZE) -> torch.Tensor:
         """[n, d_t] embeddings of ``texts`` (input order) on the encoder's device; no gradient."""
+        if not texts:
+            return torch.empty(0, self.model[1].get_embedding_dimension(), device=next(encoder.parameters()).device)
         transformer = self.model[0]
         transformer.model, transformer.processor = encoder, tokenizer
         was_training = encoder.training
@@ -92,6 +94,7 @@ class SentenceTransformerRoute:
                                     processing_kwargs={"text": {"max_length": max_length, "truncation": True}})
         finally:
             encoder.train(was_training)  # encode() switches every module to eval mode
+            transformer.model = transformer.processor = None  # hold no stale tower between calls
         # encode() runs under inference_mode: clone into an ordinary tensor, which autograd may save later
         # (the cached embeddings feed the trainable projections)
         return out.clone()

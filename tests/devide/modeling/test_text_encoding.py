@@ -110,6 +110,8 @@ def test_route_restores_training_mode_and_empty_input(folder, tokenizer):
         route.encode(tower.encoder, tokenizer, TEXTS[:2], MAX_LENGTH)
         assert tower.encoder.training  # encode() switched it to eval; it is switched back
         assert encode_bucketed(tower, tokenizer, [], MAX_LENGTH).shape == (0, tower.hidden_size)
+        assert route.encode(tower.encoder, tokenizer, [], MAX_LENGTH).shape == (0, tower.hidden_size)
+    assert route.model[0].model is None  # no reference to the tower kept between calls
 
 
 def test_bucketed_keeps_gradients(folder, tokenizer):
