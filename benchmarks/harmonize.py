@@ -6,8 +6,14 @@
    many answers were valid JSON on the first try (skipped, with the reason, when the extra is missing).
 3. The report labeler: reports/s, and per-entity F1 against the CheXpert-style labels of a MIMIC-CXR style root
    (``--reports artifacts/demo/phantom/mimic-cxr-jpg``: its mimic-cxr-2.0.0-chexpert.csv.gz is the ground truth).
+   Real reports: benchmarks/labeler.py.
+4. Grounding acceptance per backend: the harmonize stage on ``--grounding-entities`` with their definitions and
+   the crawled ``--descriptions``; for each backend, how many generated sentences the grounding check accepted,
+   why the others were rejected, and how many the former word-overlap rule alone would have accepted
+   (``--grounding-only`` runs just this part and updates its key in the results file).
 
     .venv/bin/python benchmarks/harmonize.py [--reports ROOT] [--latency 0.2] [--items 32] [--local-requests 5]
+                                             [--descriptions CRAWL] [--grounding-only]
 """
 
 from __future__ import annotations
@@ -167,6 +173,52 @@ def bench_labeler(root: Path | None, synthetic: int) -> dict:
     return {"reports": len(texts), "reports_per_s": round(len(texts) / elapsed, 1), "f1": f1, "root": str(root)}
 
 
+GROUNDING_ENTITIES = ["atelectasis", "cardiomegaly", "pleural_effusion", "pneumothorax", "edema", "consolidation",
+                      "pneumonia", "emphysema"]
+
+
+def bench_grounding(descriptions: Path, entities: list[str], backends: list[str]) -> dict:
+    """Run the stage per backend and count accepted / rejected generated sentences."""
+    from devide.stage import execute_stage
+    from knowledge.base import KnowledgeBase
+    from knowledge.stage import STAGE, HarmonizeConfig
+
+    out: dict[str, dict] = {"descriptions": descriptions.name, "entities": entities}
+    for backend in backends:
+        if backend == "local" and local_backend_problem():
+            out[backend] = {"skipped": local_backend_problem()}
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = HarmonizeConfig(out=Path(tmp) / "kb", backend=backend, entities=entities,
+                                  descriptions=descriptions, llm_sources=["definition", "description"],
+                                  fallback_to_rules=False, concurrency=1, timeout=180, max_requests_per_entity=2)
+            start = time.perf_counter()
+            result = execute_stage(STAGE, cfg, force=True)
+            elapsed = time.perf_counter() - start
+            rows = KnowledgeBase.load(result.out).rows
+            rejections = [json.loads(line) for line in (result.out / "rejections.jsonl").read_text().splitlines()]
+        accepted = [r for r in rows if r.provenance.get("method") == "llm"]
+        rejected = [r for r in rejections if r.get("input") == "generated"]
+        reasons: dict[str, int] = {}
+        for r in rejected:
+            kind = str(r.get("check", "")).split(":")[0].split(" ")[0] or "?"
+            reasons[kind] = reasons.get(kind, 0) + 1
+        generated = len(accepted) + len(rejected)
+        lexical_only = len(accepted) + sum(1 for r in rejected if r.get("support", 0) >= cfg.min_support)
+        out[backend] = {
+            "rows": len(rows), "generated": generated, "accepted": len(accepted),
+            "acceptance_rate": round(len(accepted) / generated, 3) if generated else None,
+            "rejected_by_check": dict(sorted(reasons.items())),
+            "word_overlap_rule_would_accept": lexical_only,
+            "examples_rejected": [{"entity": r["entity"], "generated": r["generated"], "check": r.get("check")}
+                                  for r in rejected[:10]],
+            "examples_accepted": [{"entity": r.entity, "sentence": r.sentence} for r in accepted[:5]],
+            "near_duplicates_dropped": result.manifest["counts"].get("near_duplicates_dropped"),
+            "llm_calls": result.manifest["counts"].get("llm_calls"), "seconds": round(elapsed, 1)}
+        print(f"grounding, backend {backend}: {out[backend]}")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=Path, help="MIMIC-CXR style root with mimic-cxr-2.0.0-chexpert.csv.gz")
@@ -175,9 +227,21 @@ def main() -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--local-requests", type=int, default=5, help="0 skips the local backend")
     parser.add_argument("--synthetic-reports", type=int, default=2000)
+    parser.add_argument("--descriptions", type=Path, default=Path(__file__).resolve().parents[1] / "tests" /
+                        "knowledge" / "fixtures" / "descriptions.jsonl", help="crawl artifact for the grounding part")
+    parser.add_argument("--grounding-entities", nargs="+", default=GROUNDING_ENTITIES)
+    parser.add_argument("--grounding-backends", nargs="+", default=["rules", "local"])
+    parser.add_argument("--grounding-only", action="store_true", help="run only part 4, update its key")
     args = parser.parse_args()
     os.environ.setdefault("DEVIDE_QUIET", "1")
+    grounding = bench_grounding(args.descriptions, args.grounding_entities, args.grounding_backends)
+    if args.grounding_only:
+        previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        RESULTS.write_text(json.dumps({**previous, "grounding": grounding}, indent=2) + "\n")
+        print(f"updated {RESULTS}")
+        return 0
     result = {
+        "grounding": grounding,
         "concurrency": bench_concurrency(args.latency, args.items, args.levels),
         "fake_latency_s": args.latency,
         "local_smollm2": bench_local(args.local_requests),
