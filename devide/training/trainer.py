@@ -568,6 +568,9 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - started
         self.validate()
+        if "process_seed" in self.summary:  # set by setup(); a subclass with its own setup may not reseed
+            seed = torch.tensor([self.summary.pop("process_seed")], device=accelerator.device)
+            self.summary["process_seeds"] = accelerator.gather(seed).tolist()
         self.summary.update(
             steps=progress.step, resumed_from_step=start_step, epochs_started=progress.epoch + 1,
             images_seen=progress.images_seen, world_size=accelerator.num_processes,
@@ -577,8 +580,6 @@ class Trainer:
             images_per_second=round((progress.step - start_step) * plan.global_batch / max(seconds, 1e-9), 2),
             itc_candidates=int(accelerator.gather(torch.tensor([self.itc_candidates],
                                                                device=accelerator.device)).max().item()),
-            process_seeds=accelerator.gather(torch.tensor([self.summary.pop("process_seed")],
-                                                          device=accelerator.device)).tolist(),
             final_train=last_metrics, knowledge_source=self.knowledge_source,
             mixed_precision=str(accelerator.mixed_precision), entities=len(self.entities),
         )
