@@ -239,3 +239,29 @@ def test_mimic_recipe_labels_every_entity_it_trains_and_samples_train_reports_on
     assert not trained - covered, f"{len(trained - covered)} trained entities never labelled by {source}"
     assert "split" in recipe["harmonize"]["config"]["reports_split_file"]
     assert train["gradient_accumulation_steps"] == 1  # accumulation adds no contrastive negatives
+
+
+# ---------------------------------------------------------------------------------------------- point 7
+
+
+def test_accumulation_with_contrastive_terms_is_called_out(tiny, tmp_path, caplog):
+    """Accumulation sums gradients only; the run says so where it is configured (and the config help does)."""
+    import logging
+    from types import SimpleNamespace
+
+    from devide.training.trainer import Trainer
+
+    assert "no extra negatives" in TrainConfig.model_fields["gradient_accumulation_steps"].description
+    rows = datasets.Dataset.from_dict({"labels": [[1, 0, 0], [0, 0, 1]]})
+    for steps, warned in ((1, False), (4, True)):
+        cfg = load_config(TrainConfig, overrides=train_config(tiny, tmp_path / f"run{steps}",
+                                                              gradient_accumulation_steps=steps))
+        trainer = Trainer(cfg, SimpleNamespace(work_dir=tmp_path, logger=logging.getLogger("devide.train")))
+        trainer.train_rows, trainer.entities = rows, list(ENTITIES)
+        model = SimpleNamespace(config=SimpleNamespace(use_itc=True, use_tnc=False, use_pta=False))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="devide.train"):
+            trainer.record_training_data(model, list(ENTITIES), tmp_path)
+        assert ("still see one micro-batch of negatives" in caplog.text) is warned
+        assert model.config.training_positives == {"pleural_effusion": 1, "cardiomegaly": 0, "pneumothorax": 1}
+        assert "cardiomegaly" in caplog.text  # the entity without a positive label is named
