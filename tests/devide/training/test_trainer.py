@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from devide.config import ConfigError, load_config
@@ -121,7 +122,8 @@ def test_tiny_training_run_writes_a_loadable_model(tiny):
     result = execute_stage(STAGE, cfg, quiet=True)
     counts = result.manifest["counts"]
     assert counts["steps"] == 4 and counts["world_size"] == 1 and counts["images_seen"] == 16
-    assert 0.0 <= counts["val_auroc_mean"] <= 1.0
+    summary_auroc = json.loads((out / "train_summary.json").read_text())["validation"][-1]["val/auroc_mean"]
+    assert counts["val_auroc_mean"] == pytest.approx(summary_auroc)  # what it learns: test_training_learns_*
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["validation"][-1]["step"] == 4 and summary["knowledge_source"].endswith("knowledge.json")
     assert set(summary["final_train"]) >= {"train/loss", "train/loss_bce", "train/loss_itc", "train/lr"}
@@ -147,3 +149,22 @@ def test_cli_bad_config_is_one_line(tmp_path):
                            str(tmp_path / "o"), "--set", "batch_size=0"],
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "batch_size" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.slow
+def test_training_learns_the_seen_findings(tmp_path):
+    """A CI-sized run (~1 min on a quiet 2-core machine) through the real train stage that fails when the model
+    stops learning: the held-out zero-shot AUROC of the seen findings must be well above chance (0.5)."""
+    folder = tmp_path / "data"
+    build(folder, n_train=192, n_validate=64, seed=3)
+    out = tmp_path / "run"
+    cfg = load_config(TrainConfig, overrides=train_config(folder, out, max_steps=90, batch_size=16, learning_rate=2e-3,
+                                                          warmup_steps=5, checkpoint_every=1000, eval_max_images=64,
+                                                          tensorboard=False))
+    execute_stage(STAGE, cfg, quiet=True)
+    validation = json.loads((out / "train_summary.json").read_text())["validation"][-1]
+    per_finding = {k.rsplit("/", 1)[1]: v for k, v in validation.items() if k.startswith("val/auroc/")}
+    assert set(per_finding) == {"pleural_effusion", "cardiomegaly", "pneumothorax"}, validation
+    # chance is 0.5: the large central density (cardiomegaly) is read almost perfectly, the three together
+    # well above chance (measured under load: 1.00, 0.78 effusion, 0.54 the small dark apex)
+    assert max(per_finding.values()) > 0.9 and np.mean(list(per_finding.values())) > 0.65, per_finding
