@@ -88,7 +88,8 @@ from pathlib import Path
 from knowledge.stage import STAGE, HarmonizeConfig
 from devide.stage import execute_stage
 cfg = HarmonizeConfig(out=Path(sys.argv[1]), base_url=sys.argv[2], backend="openai", model="fake",
-                      entities={entities!r}, llm_sources=["definition"], concurrency=1, timeout=5)
+                      entities={entities!r}, llm_sources=["definition"], concurrency=1, timeout=5,
+                      min_semantic=None, dedup_threshold=None)  # no sentence encoder to load in each process
 execute_stage(STAGE, cfg)
 """
 
@@ -113,7 +114,8 @@ def test_killed_run_resumes_without_duplicate_calls(tmp_path):
         assert 1 <= done < len(entities)
         before = len(server.requests)
         result, _ = harmonize(out, base_url=server.base_url, backend="openai", model="fake", entities=entities,
-                              llm_sources=["definition"], concurrency=1, timeout=5)
+                              llm_sources=["definition"], concurrency=1, timeout=5, min_semantic=None,
+                              dedup_threshold=None)
         rerun_calls = len(server.requests) - before
     assert rerun_calls == len(entities) - done
     assert result.manifest["counts"]["cache_hits"] == done
