@@ -394,6 +394,7 @@ class _Sentence:
                  max_scope: int) -> None:
         self.words, self.triggers, self.max_scope = words, triggers, max_scope
         self.terminators = [t.start for t in triggers if t.kind == "term"]
+        self.all_commas = [i for i, w in enumerate(words) if w == ","]
         # A comma ends a backward scope unless it separates the items of a list of findings.
         self.commas = [i for i, w in enumerate(words) if w == "," and not (
             i + 1 in mention_starts or (i + 2 in mention_starts and words[i + 1] in ("and", "or")))]
@@ -405,7 +406,10 @@ class _Sentence:
             return range(trigger.end, trigger.end + 1), range(max(trigger.start - 1, 0), trigger.start)
         forward = backward = range(0)
         if trigger.direction in ("pre", "both"):
-            stop = min([t for t in self.terminators if t >= trigger.end] + [n, trigger.end + self.max_scope])
+            # a hypothetical or historical clause ends at its comma: "given a history of CHF, findings represent
+            # edema" asserts the edema
+            stops = self.terminators + (self.all_commas if trigger.kind == "hyp" else [])
+            stop = min([t for t in stops if t >= trigger.end] + [n, trigger.end + self.max_scope])
             forward = range(trigger.end, stop)
         if trigger.direction in ("post", "both"):
             stops = [t + 1 for t in self.terminators + self.commas if t < trigger.start]

@@ -246,6 +246,11 @@ def test_mentions_that_are_not_chest_findings_are_dropped(labeler, sentence):
     assert _findings(labeler.label(sentence)) == ({"scarring": 1} if "scarring" in sentence else {})
 
 
+def test_a_historical_clause_ends_at_its_comma(labeler):
+    assert _findings(labeler.label("Given a history of heart failure, findings represent mild pulmonary edema.")) == {
+        "edema": 1}
+
+
 def test_probable_and_alternatives_conventions(labeler, cautious):
     assert labeler.label("Probable small left pleural effusion.")["pleural_effusion"] == 1
     assert labeler.label("Findings most consistent with pulmonary edema.")["edema"] == 1
