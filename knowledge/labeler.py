@@ -387,6 +387,17 @@ def _trigger_table(alternatives: str) -> dict[str, tuple[str, str]]:
     return table
 
 
+_CLAUSE_OPENERS = frozenset({"the", "there", "this", "these", "those", "it", "its", "which"})
+_CONJUNCTIONS = frozenset({"and", "but", "while", "whereas", "although"})
+
+
+def _opens_clause(words: list[str], i: int) -> bool:
+    """Whether a new clause starts at ``words[i]`` (after an optional conjunction): "and the heart ..."."""
+    if i < len(words) and words[i] in _CONJUNCTIONS:
+        i += 1
+    return i < len(words) and words[i] in _CLAUSE_OPENERS
+
+
 class _Sentence:
     """The tokens, mentions and triggers of one sentence, with the scope arithmetic."""
 
@@ -395,6 +406,8 @@ class _Sentence:
         self.words, self.triggers, self.max_scope = words, triggers, max_scope
         self.terminators = [t.start for t in triggers if t.kind == "term"]
         self.all_commas = [i for i, w in enumerate(words) if w == ","]
+        # ... and any scope at a comma that opens a new clause: "no effusion, and the heart is enlarged"
+        self.clause_commas = [i for i in self.all_commas if _opens_clause(words, i + 1)]
         # A comma ends a backward scope unless it separates the items of a list of findings.
         self.commas = [i for i, w in enumerate(words) if w == "," and not (
             i + 1 in mention_starts or (i + 2 in mention_starts and words[i + 1] in ("and", "or")))]
@@ -408,7 +421,7 @@ class _Sentence:
         if trigger.direction in ("pre", "both"):
             # a hypothetical or historical clause ends at its comma: "given a history of CHF, findings represent
             # edema" asserts the edema
-            stops = self.terminators + (self.all_commas if trigger.kind == "hyp" else [])
+            stops = self.terminators + (self.all_commas if trigger.kind == "hyp" else self.clause_commas)
             stop = min([t for t in stops if t >= trigger.end] + [n, trigger.end + self.max_scope])
             forward = range(trigger.end, stop)
         if trigger.direction in ("post", "both"):

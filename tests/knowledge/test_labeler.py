@@ -156,6 +156,9 @@ def test_clear_of_negates_the_list(labeler, cautious, sentence, expected):
     # a negation reaching further than 12 words
     (("Negative for focal consolidation within the right or left lower lobes, large pleural effusion, or "
       "pneumothorax."), {"consolidation": 0, "pleural_effusion": 0, "pneumothorax": 0}),
+    # a forward scope stops at a comma that opens a new clause, not at the commas of a list
+    ("There is no pleural effusion or pneumothorax, and the heart is mildly enlarged.",
+     {"pleural_effusion": 0, "pneumothorax": 0, "cardiomegaly": 1}),
     # a backward negation stops at a comma that starts a new clause
     ("Moderate cardiomegaly, the pulmonary vasculature is within normal limits.", {"cardiomegaly": 1}),
 ])
