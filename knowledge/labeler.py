@@ -492,8 +492,11 @@ class ReportLabeler:
         absent_taken = {i for s, e, _ in absent for i in range(s, e)}
         matches = self._terms.find_all(words, skip=absent_taken)
         taken = absent_taken | {i for s, e, _ in matches for i in range(s, e)}
-        matches += self._cooccurrences(words, taken)
-        taken |= {i for s, e, _ in matches for i in range(s, e)}
+        pairs = self._cooccurrences(words, taken)
+        matches += pairs
+        # only the head and the modifier of a pair are taken: the words between them may be triggers
+        # ("the heart is not significantly enlarged")
+        taken |= {i for s, e, _ in pairs for i in (s, e - 1)}
         # The last word of an absent phrase may start a trigger: "lungs are clear of effusion".
         trigger_skip = taken - {e - 1 for _, e, _ in absent}
         starts = {s for s, _, _ in matches}

@@ -201,6 +201,8 @@ def test_hedges(labeler, sentence, expected):
     ("Borderline heart size.", {"cardiomegaly": 1}),
     ("Heart size is slightly enlarged.", {"cardiomegaly": 1}),
     ("The heart is not enlarged.", {"cardiomegaly": 0}),
+    ("The heart is not significantly enlarged.", {"cardiomegaly": 0}),
+    ("Pulmonary vasculature is not engorged.", {"vascular_congestion": 0}),
     ("Several small calcified granulomata in the left upper lobe.", {"granuloma": 1}),
     ("Sequelae of prior granulomatous infection.", {"granuloma": 1}),
     ("Mild dextrocurvature of the thoracic spine.", {"scoliosis": 1}),
