@@ -71,7 +71,8 @@ def segmentation_metrics(trainer: FinetuneTrainer, cfg: Any, overlay_dir: Path) 
     data = trainer.data
     test = trainer.predict(data.test)
     counts = test.counts.astype(np.int64)
-    report = segmentation_report(data.classes, counts[:, 0], counts[:, 1], counts[:, 2], test.known, cfg.threshold)
+    report = segmentation_report(data.classes, counts[:, 0], counts[:, 1], counts[:, 2], test.known, cfg.threshold,
+                                 n_bootstrap=cfg.bootstrap, seed=cfg.seed)
     written = []
     if trainer.accelerator.is_main_process and cfg.overlays:
         written = write_overlays(trainer, overlay_dir, pick_overlays(counts, test.known, cfg.overlays))

@@ -63,10 +63,12 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {fmt_ci(row)} | {subsets} | {fmt(row.get('pointing_game'))} | "
                          f"{fmt(row.get('map_auroc'))} | {fmt(row.get('images_per_second'), 1)} |")
     else:
-        lines += [("| variant | Dice (positive images) | Dice (all images, MedKLIP) | IoU (positive) | IoU (all) "
+        lines += [("| variant | Dice (positive images) [95 % CI] | Dice (all images, MedKLIP) | IoU (positive) | IoU (all) "
                    "| images/s |"), "|---|---|---|---|---|---|"]
         for name, row in rows.items():
-            lines.append(f"| {name} | {fmt(row.get('dice_positive'))} | {fmt(row.get('dice_all'))} | "
+            ci = row.get("dice_positive_ci")
+            dice = fmt(row.get("dice_positive")) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+            lines.append(f"| {name} | {dice} | {fmt(row.get('dice_all'))} | "
                          f"{fmt(row.get('iou_positive'))} | {fmt(row.get('iou_all'))} | "
                          f"{fmt(row.get('images_per_second'), 1)} |")
     for title, key in (("Pretrained minus random init", "pretrained_minus_random"),

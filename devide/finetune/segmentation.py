@@ -34,9 +34,20 @@ def _mean(values: np.ndarray) -> float | None:
     return round(float(values.mean()), 6) if values.size else None
 
 
+def bootstrap_mean_ci(values: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> list[float] | None:
+    """Percentile CI of the mean of per-image values [n] over ``n_resamples`` resamples of the images."""
+    if n_resamples <= 0 or values.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (n_resamples, values.size))].mean(1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
 def segmentation_report(classes: list[str], inter: np.ndarray, pred: np.ndarray, target: np.ndarray,
-                        known: np.ndarray, threshold: float) -> dict:
-    """Per-class and macro Dice / IoU under both conventions. Arrays [N, K]; ``known`` bool [N, K]."""
+                        known: np.ndarray, threshold: float, n_bootstrap: int = 0, seed: int = 0) -> dict:
+    """Per-class and macro Dice / IoU under both conventions. Arrays [N, K]; ``known`` bool [N, K].
+    ``n_bootstrap`` > 0 adds ``dice_positive_ci``: the 95 % percentile CI over resampled positive images."""
     dice, iou = per_image_scores(inter, pred, target)
     rows = []
     for k, name in enumerate(classes):
@@ -46,6 +57,7 @@ def segmentation_report(classes: list[str], inter: np.ndarray, pred: np.ndarray,
         rows.append({
             "class": name, "n": int(keep.sum()), "n_positive": int(positive.sum()), "n_negative": int(negative.sum()),
             "dice_positive": _mean(dice[positive, k]), "dice_all": _mean(dice[keep, k]),
+            "dice_positive_ci": bootstrap_mean_ci(dice[positive, k], n_bootstrap, seed),
             "iou_positive": _mean(iou[positive, k]), "iou_all": _mean(iou[keep, k]),
             "negatives_predicted_empty": _mean((pred[negative, k] == 0).astype(float)),
         })
@@ -53,6 +65,8 @@ def segmentation_report(classes: list[str], inter: np.ndarray, pred: np.ndarray,
     for key in ("dice_positive", "dice_all", "iou_positive", "iou_all"):
         values = [r[key] for r in rows if r[key] is not None]
         macro[key] = round(float(np.mean(values)), 6) if values else None
+    # one class (SIIM): its image-level CI is the macro CI; several classes would need a joint resampling
+    macro["dice_positive_ci"] = rows[0]["dice_positive_ci"] if len(rows) == 1 else None
     return {"classes": rows, "macro": macro, "threshold": threshold,
             "conventions": {"dice_positive": "mean Dice over images with a non-empty ground-truth mask",
                             "dice_all": "mean Dice over all images; an empty prediction on a negative image "

@@ -101,6 +101,12 @@ def test_dice_and_iou_under_both_conventions():
     assert row["negatives_predicted_empty"] == 0.5 and (row["n_positive"], row["n_negative"]) == (2, 2)
     unknown = segmentation_report(["A"], inter, predicted, truth, np.array([[True], [False], [True], [True]]), 0.5)
     assert unknown["classes"][0]["dice_all"] == pytest.approx((2 / 3 + 0 + 0) / 3)  # unknown masks left out
+    assert row["dice_positive_ci"] is None  # no bootstrap asked
+    # two positive images with Dice 2/3 and 0: every resample's mean is 0, 1/3 or 2/3, so the 95 % CI is [0, 2/3]
+    with_ci = segmentation_report(["A"], inter, predicted, truth, np.ones((4, 1), bool), 0.5, n_bootstrap=400)
+    low, high = with_ci["classes"][0]["dice_positive_ci"]
+    assert (low, high) == (pytest.approx(0.0), pytest.approx(2 / 3, abs=1e-6))
+    assert with_ci["macro"]["dice_positive_ci"] == [low, high]  # one class: its CI is the macro CI
 
 
 def test_dice_bce_loss_is_small_when_perfect_and_ignores_unknown_masks():
