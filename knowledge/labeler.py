@@ -147,6 +147,10 @@ NON_CHEST_PARTS = frozenset({
     "toe", "toes", "leg", "legs", "abdomen", "abdominal",
 })
 """A sentence naming one of these is about another body part (or the abdomen): not labelled."""
+NOT_ENTITIES = ("pericardial effusion", "joint effusion", "kyphotic curvature", "kyphosis")
+"""Phrases that contain a vocabulary term but name something else: a pericardial effusion is not a pleural
+effusion, a kyphotic curvature is not scoliosis."""
+NO_FINDING = "no_finding"
 ENTITY_EXCLUSIONS = {"fracture": frozenset({"screw", "screws", "wire", "wires", "lead", "leads", "hardware",
                                             "plate", "sternotomy", "fixation", "prosthesis", "catheter"})}
 """A mention is dropped when its sentence has one of these words: a fractured screw is not a bone fracture."""
@@ -458,6 +462,7 @@ class ReportLabeler:
                  if not (term == entity.name.lower() and term.split()[0] in ("no", "not", "without"))}
         absent = {phrase.lower(): entity.id for entity in self.vocab for phrase in entity.absent_phrases}
         self._absent = PhraseMatcher(absent)
+        self._blocked = PhraseMatcher(dict.fromkeys(NOT_ENTITIES, None), plurals=True)
         self._terms = PhraseMatcher(terms, plurals=True)
         self._triggers = PhraseMatcher(_trigger_table(alternatives))
         self._cooccurrence = {e: rule for e, rule in COOCCURRENCE.items() if e in self.vocab}
@@ -488,8 +493,9 @@ class ReportLabeler:
         words = [t.text for t in tokens]
         if NON_CHEST_PARTS.intersection(words):
             return []
-        absent = self._absent.find_all(words)
-        absent_taken = {i for s, e, _ in absent for i in range(s, e)}
+        blocked = {i for s, e, _ in self._blocked.find_all(words) for i in range(s, e)}
+        absent = self._absent.find_all(words, skip=blocked)
+        absent_taken = blocked | {i for s, e, _ in absent for i in range(s, e)}
         matches = self._terms.find_all(words, skip=absent_taken)
         taken = absent_taken | {i for s, e, _ in matches for i in range(s, e)}
         pairs = self._cooccurrences(words, taken)
@@ -497,8 +503,10 @@ class ReportLabeler:
         # only the head and the modifier of a pair are taken: the words between them may be triggers
         # ("the heart is not significantly enlarged")
         taken |= {i for s, e, _ in pairs for i in (s, e - 1)}
-        # The last word of an absent phrase may start a trigger: "lungs are clear of effusion".
-        trigger_skip = taken - {e - 1 for _, e, _ in absent}
+        # The last word of an absent phrase may start a trigger ("lungs are clear of effusion"), and so may the
+        # negation that opens a no-finding phrase ("no acute findings/opacities/infiltrates").
+        trigger_skip = taken - {e - 1 for _, e, _ in absent} - {
+            s for s, _, entity in matches if entity == NO_FINDING and words[s] in ("no", "without")}
         starts = {s for s, _, _ in matches}
         triggers = [_Trigger(kind, direction, s, e, " ".join(words[s:e]))
                     for s, e, (kind, direction) in self._triggers.find_all(words, skip=trigger_skip)]
@@ -514,6 +522,9 @@ class ReportLabeler:
             if entity in self._exclusions and self._exclusions[entity].intersection(words):
                 continue
             span = (start, end)
+            if entity == NO_FINDING:  # its negation is part of its meaning ("no acute process")
+                out.append(self._mention(sentence, tokens, start, end, entity, PRESENT, None))
+                continue
             if context.first("hyp", span) is not None:
                 continue
             unsure = context.first("unc", span) or context.first("alt", span)

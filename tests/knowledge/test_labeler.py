@@ -179,6 +179,7 @@ def test_numbered_items_without_full_stop_are_sentences(labeler):
 @pytest.mark.parametrize("sentence, expected", [
     ("Calcified granulomas/lymph nodes in the right hilum.", {"granuloma": 1}),
     ("Bibasilar atelectasis/scarring.", {"atelectasis": 1, "scarring": 1}),
+    ("No acute findings/opacities/infiltrates.", {"lung_opacity": 0, "infiltration": 0}),
 ])
 def test_slashes_separate_words(labeler, sentence, expected):
     assert _findings(labeler.label(sentence)) == expected
@@ -226,6 +227,8 @@ def test_synonyms_and_morphology(labeler, sentence, expected):
     ("Surgical clips in the right upper quadrant.", {}),
     ("Stable coronary artery stent.", {}),
     ("Mild left-sided volume loss after thoracotomy.", {}),
+    ("Cardiomegaly or pericardial effusion.", {"cardiomegaly": 1}),  # not a pleural effusion
+    ("Increased kyphotic curvature of the thoracic spine.", {}),  # kyphosis, not scoliosis
 ])
 def test_vocabulary_conventions(labeler, sentence, expected):
     labels = labeler.label(sentence)
