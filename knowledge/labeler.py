@@ -138,11 +138,14 @@ COOCCURRENCE: dict[str, tuple[frozenset[str], frozenset[str], int]] = {
                   frozenset({"curvature", "curve", "curvatures"}), 4),
     "central_venous_catheter": (frozenset({"tip"}),
                                 frozenset({"svc", "cavoatrial", "atriocaval", "caval", "vena"}), 6),
+    "pacemaker": (frozenset({"lead", "leads"}), frozenset({"atrium", "ventricle", "ventricular", "atrial"}), 5),
+    "support_devices": (frozenset({"valve"}), frozenset({"prosthetic", "prosthesis", "replacement", "mechanical"}),
+                        3),
 }
 _CLAUSE_BREAKS = frozenset({",", ";", ":", "but", "however", "which", "while", "whereas", "and", "with"})
 
 NON_CHEST_PARTS = frozenset({
-    "hip", "hips", "femur", "femoral", "pelvis", "pelvic", "knee", "knees", "ankle", "wrist", "hand", "hands",
+    "hip", "hips", "femur", "femoral", "pelvis", "pelvic", "knee", "knees", "ankle", "wrist",
     "foot", "feet", "elbow", "tibia", "tibial", "fibula", "skull", "forearm", "ulna", "finger", "fingers",
     "toe", "toes", "leg", "legs", "abdomen", "abdominal",
 })
@@ -161,7 +164,8 @@ FILLER_WORDS = frozenset({"mildly", "moderately", "severely", "markedly", "sligh
 """Degree adverbs (and the de-identification mark XXXX) skipped while matching, so "heart size is mildly
 enlarged" matches "heart size is enlarged"."""
 _SECTION_HEADER = re.compile(r"(?:^|\n)[ \t]?([A-Z][A-Z ()/,&-]*[A-Z)])[ \t]*:", re.MULTILINE)
-_TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[;:?,/]")
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*|[;:?,/]")
+"""Words split at hyphens ("fracture-dislocation", "mass-like"), as vocabulary phrases are."""
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}|[a-z])[.)]\s+")
 _NUMBERED_ITEM = re.compile(r"(?:(?<=\s)|^)\d{1,2}[.)](?=\s*[A-Za-z])(?!\s*[ap]\.m\.)")
 """``2. Abnormal ...`` or ``1.Lucency``: a numbered item begins (not a decimal, not "10 a.m.")."""

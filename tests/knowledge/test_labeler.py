@@ -212,6 +212,9 @@ def test_hedges(labeler, sentence, expected):
     ("Prominence of the central pulmonary vasculature.", {"vascular_congestion": 1}),
     ("Bibasilar atelectases.", {"atelectasis": 1}),
     ("Masslike opacity in the right apex.", {"mass": 1, "lung_opacity": 1}),
+    ("Fracture-dislocation of the right shoulder.", {"fracture": 1}),
+    ("Patchy left basilar opacity consistent with pneumonitis.", {"lung_opacity": 1, "pneumonia": 1}),
+    ("Small pneumothorax on the right-hand side.", {"pneumothorax": 1}),
 ])
 def test_synonyms_and_morphology(labeler, sentence, expected):
     assert _findings(labeler.label(sentence)) == expected
@@ -237,6 +240,8 @@ def test_vocabulary_conventions(labeler, sentence, expected):
 
 
 def test_devices_found_without_their_name(labeler):
+    assert labeler.label("Stable aortic valve prosthesis.")["support_devices"] == 1
+    assert labeler.label("Two leads terminate in the right atrium and right ventricle.")["pacemaker"] == 1
     assert labeler.label("Right-sided catheter with tip at the cavoatrial junction.")["support_devices"] == 1
     assert labeler.label("Left chest wall AICD with leads in the right ventricle.")["pacemaker"] == 1
 
