@@ -302,3 +302,32 @@ def test_custom_image_processor_travels_with_the_model(model, tmp_path):
             model.set_image_processor(DevideImageProcessor(size=model.config.image_size + 1))
     finally:
         model._image_processor = None
+
+
+def test_grounding_sources_each_sum_to_one_and_differ(model, pixels):
+    g = _grid(model.config)
+    maps = {source: model.predict(pixels, entities=["pleural_effusion", "nodule"], grounding_source=source).grounding
+            for source in ("attention", "patch", "combined")}
+    for source, grounding in maps.items():
+        assert grounding.shape == (3, 2, g, g), source
+        torch.testing.assert_close(grounding.sum((-2, -1)), torch.ones(3, 2))
+    assert not torch.allclose(maps["attention"], maps["patch"])
+    product = maps["attention"] * maps["patch"]  # combined = renormalised product of the two
+    torch.testing.assert_close(maps["combined"], product / product.sum((-2, -1), keepdim=True))
+    with pytest.raises(ValueError, match="grounding source"):
+        model.predict(pixels, entities=["nodule"], grounding_source="gradcam")
+    with pytest.raises(ValueError, match="use_pta"):
+        DevideModel(DevideConfig(**{**SMALL, "use_pta": False, "grounding_source": "patch"}))
+
+
+def test_ablation_switches_projection_and_retrieval(pixels):
+    torch.manual_seed(0)
+    plain = DevideModel(DevideConfig(**{**SMALL, "use_projection": False, "use_retrieval": False}))
+    plain.set_knowledge(KNOWLEDGE)
+    out = plain(pixels, labels=LABELS, report_texts=REPORTS)
+    # without the projection every entity reads the global image embedding
+    torch.testing.assert_close(out.entity_embeds, out.image_embeds[:, None, :].expand_as(out.entity_embeds))
+    # without retrieval the sentence weights are uniform over each entity's sentences (3 for pleural_effusion)
+    effusion = ENTITIES.index("pleural_effusion")
+    torch.testing.assert_close(out.sentence_weights[:, effusion, :3], torch.full((3, 3), 1 / 3))
+    assert out.loss_tnc is not None and torch.isfinite(out.loss)
