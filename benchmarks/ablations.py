@@ -32,12 +32,17 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "ablations.json"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
-PLOT = ROOT / "docs" / "images" / "ablations.png"
+PLOT_DIR = ROOT / "docs" / "images"
 PIPELINE = ROOT / "pipelines" / "ablations.yaml"
 UNSEEN = ("emphysema", "fibrosis", "hernia")
-BEGIN, END = "<!-- ablations:begin -->", "<!-- ablations:end -->"
+
+
+def outputs(tag: str) -> tuple[Path, Path, str, str]:
+    """(results JSON, plot, begin marker, end marker) of one budget: ``ablations`` or ``ablations-TAG``."""
+    name = f"ablations-{tag}" if tag else "ablations"
+    return RESULTS_DIR / f"{name}.json", PLOT_DIR / f"{name}.png", f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 # A smaller model than the demo's (64 px ViT, 8 px patches: the same 8 x 8 grid as the demo's 128 px / 16 px),
 # so that 33 runs fit on a shared 2-core machine; everything else as pipelines/demo.yaml.
@@ -285,7 +290,7 @@ def _cell(entry: dict, metric: str) -> str:
     return f"{value['mean']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]"
 
 
-def markdown_table(summary: dict[str, dict], setting: dict) -> str:
+def markdown_table(summary: dict[str, dict], setting: dict, plot_path: Path) -> str:
     lines = [f"Setting: {setting['description']}", "",
              ("| variant | what | seen AUC | unseen AUC | seen AUC (similarity) | unseen AUC (similarity) "
              "| pointing game (attention) | pointing game (patch) | pointing game (combined) "
@@ -300,20 +305,21 @@ def markdown_table(summary: dict[str, dict], setting: dict) -> str:
     legend = ("Mean over seeds [95 % Student-t interval of the mean]; — = not applicable (no L_pta patch "
               "embeddings) or not computable. AUC = the model's presence probability (the presence head; "
               "s·similarity + β without it); AUC (similarity) = the multi-label projection's `similarity` alone.")
-    lines += ["", chance, "", legend, "", f"![ablations](images/{PLOT.name})"]
+    lines += ["", chance, "", legend, "", f"![ablations](images/{plot_path.name})"]
     return "\n".join(lines)
 
 
-def write_doc(table: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}", encoding="utf-8")
+def write_doc(table: str, begin: str, end: str) -> None:
+    """Replace the text between the markers of docs/results.md (appended when missing)."""
+    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Results\n"
+    if begin not in text or end not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    DOC.write_text(f"{head}{begin}\n{table}\n{end}{tail}", encoding="utf-8")
 
 
-def plot(summary: dict[str, dict], chance: float | None) -> None:
+def plot(summary: dict[str, dict], chance: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,8 +345,8 @@ def plot(summary: dict[str, dict], chance: float | None) -> None:
     fig.suptitle("DeViDe ablations on the phantom (mean and 95 % CI over seeds; dashed: chance; pointing game: "
                  "cross-attention maps)", fontsize=10)
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=110)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -359,6 +365,8 @@ def main() -> None:
                         "which a busy machine starves less than niced workers)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in the results file")
+    parser.add_argument("--tag", default="", help="another budget: writes ablations-TAG.json/.png and its own "
+                        "section of docs/results.md")
     args = parser.parse_args()
 
     import torch
@@ -373,7 +381,8 @@ def main() -> None:
                "description": (f"{args.steps} steps x batch {args.batch_size} (lr {args.lr}), 64 px ViT, on the "
                                "2,000-study 128 px phantom of pipelines/ablations.yaml, seeds "
                                f"{args.seeds}; zero-shot on its ChestX-ray14 test split")}
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() and not args.fresh else {}
+    results_path = outputs(args.tag)[0]
+    previous = json.loads(results_path.read_text()) if results_path.is_file() and not args.fresh else {}
     same = {k: previous.get("setting", {}).get(k) for k in ("steps", "batch_size", "lr", "model")} == {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "model": BASE_MODEL}
     # only variants still defined, run with the seeds asked for
@@ -390,19 +399,20 @@ def main() -> None:
             print(f"{variant} seed {seed}: seen {row['seen_auc']} unseen {row['unseen_auc']} "
                   f"pg {row['pointing_game_attention']}/{row.get('pointing_game_patch')}/"
                   f"{row.get('pointing_game_combined')} ({seconds:.0f} s)", flush=True)
-            write(rows, setting)
-    write(rows, setting)
-    print(f"-> {RESULTS}, {DOC}, {PLOT}")
+            write(rows, setting, args.tag)
+    write(rows, setting, args.tag)
+    print(f"-> {results_path}, {DOC}")
 
 
-def write(rows: list[dict], setting: dict) -> None:
+def write(rows: list[dict], setting: dict, tag: str = "") -> None:
+    results_path, plot_path, begin, end = outputs(tag)
     summary = summarise(rows)
     report = {"rows": rows, "summary": summary, "setting": setting,
               "machine": {"python": platform.python_version(), "platform": platform.platform()}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    write_doc(markdown_table(summary, setting))
-    plot(summary, setting.get("pointing_game_chance"))
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_doc(markdown_table(summary, setting, plot_path), begin, end)
+    plot(summary, setting.get("pointing_game_chance"), plot_path)
 
 
 if __name__ == "__main__":
