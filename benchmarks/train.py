@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -22,11 +24,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
 RESULTS = REPO / "benchmarks" / "results" / "train.json"
 # The demo's model (tiny ViT, small heads, frozen MiniLM) on 128 px images.
@@ -88,11 +92,16 @@ def bare_images_per_second(texts: list[str]) -> float:
     model.encode_text(batch_texts)
 
     def step() -> None:
-        out = model(pixel_values=pixels, labels=labels, report_texts=batch_texts)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # the same phase names as the trainer's record_function ranges (compared in --profile)
+        with record_function("train/forward"):
+            out = model(pixel_values=pixels, labels=labels, report_texts=batch_texts)
+        with record_function("train/backward"):
+            out.loss.backward()
+        with record_function("train/clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        with record_function("train/optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     step()
     started = time.perf_counter()
@@ -165,7 +174,46 @@ def loader_peak_rss(folder: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+PHASES = ("train/forward", "train/backward", "train/clip", "train/optimizer", "train/loss_bookkeeping",
+          "train/scheduler_progress", "train/log")
+DATA_WAIT = "enumerate(DataLoader)"  # torch's own range around DataLoader.__next__: the step's wait for a batch
+
+
+def phase_table(prof: Any) -> dict:
+    """Per-step milliseconds of each phase (median and mean over the calls), the step period (median interval
+    between consecutive forward starts) and what the phases leave unaccounted (loop glue, Python, waits)."""
+    by_phase: dict[str, list[float]] = {}
+    forward_starts = []
+    for event in prof.events():
+        name = DATA_WAIT if event.name.startswith(DATA_WAIT) else event.name
+        if name in PHASES or name == DATA_WAIT:
+            by_phase.setdefault(name, []).append(event.cpu_time_total / 1000)
+        if event.name == "train/forward":
+            forward_starts.append(event.time_range.start / 1000)
+    forward_starts.sort()
+    period = statistics.median(b - a for a, b in zip(forward_starts, forward_starts[1:]))
+    table = {name: {"calls": len(ms), "median_ms": round(statistics.median(ms), 3), "mean_ms": round(statistics.mean(ms), 3)}
+             for name, ms in by_phase.items()}
+    per_step = sum(v["median_ms"] * v["calls"] / len(forward_starts) for v in table.values())
+    return {"phases": table, "step_period_median_ms": round(period, 3),
+            "unaccounted_ms": round(period - per_step, 3)}
+
+
+def profile_phases(folder: Path, texts: list[str]) -> dict:
+    """torch.profiler traces of the bare loop and the trainer (CPU activity, ranges by phase)."""
+    with profile(activities=[ProfilerActivity.CPU]) as bare:
+        bare_images_per_second(texts)
+    with profile(activities=[ProfilerActivity.CPU]) as trainer:
+        trainer_images_per_second(folder, "profiled")
+    return {"bare": phase_table(bare), "trainer": phase_table(trainer)}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved (bare, trainer) rounds (median)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also trace one bare and one trainer run with torch.profiler (per-phase ms per step)")
+    args = parser.parse_args()
     torch.set_num_threads(THREADS)
     results: dict = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                                  "torch": torch.__version__}, "model": MODEL, "batch_size": BATCH,
@@ -176,19 +224,22 @@ def main() -> None:
         build_dataset(large, RSS_ROWS * 10)
         texts = [f"Report {i}: effusion" for i in range(BATCH)]
         bares, trainers = [], []
-        for run in range(ROUNDS):
+        for run in range(args.rounds):
             bares.append(bare_images_per_second(texts))
             trainers.append(trainer_images_per_second(small, f"train{run}"))
         bare = statistics.median(bares)
         trainer = statistics.median(t[0] for t in trainers)
         trainer_whole_run = statistics.median(t[1] for t in trainers)
         loader = loader_images_per_second(small, batches=2 * STEPS)
+        if args.profile:
+            results["profile"] = profile_phases(small, texts)
         rss_small, rss_large = loader_peak_rss(small), loader_peak_rss(large)
     results["trainer_vs_bare"] = {"trainer_images_per_second": round(trainer, 2),
                                   "trainer_images_per_second_whole_run": round(trainer_whole_run, 2),
                                   "bare_images_per_second": round(bare, 2), "ratio": round(trainer / bare, 3),
                                   "runs": {"bare": [round(b, 2) for b in bares],
                                            "trainer": [[round(v, 2) for v in t] for t in trainers]},
+                                  "rounds": args.rounds, "load_average": [round(x, 2) for x in os.getloadavg()],
                                   "target": ">= 0.9"}
     results["loader_vs_training"] = {"loader_images_per_second": round(loader, 2),
                                      "training_images_per_second": round(trainer, 2),

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.profiler import record_function
 
 from devide.config import ConfigError
 from devide.data.loading import CxrAugment, CxrDataset, make_dataloader, processor_to_pixels, read_entities
@@ -470,22 +471,29 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_step(self, batch: dict[str, Any]) -> None:
         cfg, accelerator = self.cfg, self.accelerator
+        # record_function ranges name the step's phases in a torch.profiler trace (benchmarks/train.py
+        # --profile); with no profiler active each costs a few microseconds per step.
         with accelerator.accumulate(self.model):
-            output = self.model(pixel_values=batch["pixel_values"], labels=batch["labels"],
-                                report_texts=batch["report_texts"])
+            with record_function("train/forward"):
+                output = self.model(pixel_values=batch["pixel_values"], labels=batch["labels"],
+                                    report_texts=batch["report_texts"])
             if output.loss is None:
                 raise StageError("the model returned no loss (every loss term switched off?)")
-            accelerator.backward(output.loss)
+            with record_function("train/backward"):
+                accelerator.backward(output.loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        for term in LOSS_TERMS:
-            value = getattr(output, term, None)
-            if value is not None:
-                # kept on the device: no host sync per micro-batch
-                self.loss_sums[term] = self.loss_sums[term] + value.detach().float()
-        self.loss_sums["micro_batches"] = self.loss_sums["micro_batches"] + 1
+                with record_function("train/clip"):
+                    accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            with record_function("train/optimizer"):
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        with record_function("train/loss_bookkeeping"):
+            for term in LOSS_TERMS:
+                value = getattr(output, term, None)
+                if value is not None:
+                    # kept on the device: no host sync per micro-batch
+                    self.loss_sums[term] = self.loss_sums[term] + value.detach().float()
+            self.loss_sums["micro_batches"] = self.loss_sums["micro_batches"] + 1
         if output.logits_per_image is not None:
             self.itc_candidates = max(self.itc_candidates, int(output.logits_per_image.shape[1]))
 
@@ -545,15 +553,17 @@ class Trainer:
                 window_images += batch["pixel_values"].shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
-                if not accelerator.optimizer_step_was_skipped:
-                    self.scheduler.step()
-                progress.step += 1
-                progress.images_seen += plan.global_batch
-                bar.update(1)
+                with record_function("train/scheduler_progress"):
+                    if not accelerator.optimizer_step_was_skipped:
+                        self.scheduler.step()
+                    progress.step += 1
+                    progress.images_seen += plan.global_batch
+                    bar.update(1)
                 if progress.step % cfg.log_every == 0 or progress.step == plan.total_steps:
-                    last_metrics = self.log_window(time.perf_counter() - window_start, window_images)
-                    accelerator.log(last_metrics, step=progress.step)
-                    bar.set_postfix(loss=f"{last_metrics.get('train/loss', float('nan')):.4f}")
+                    with record_function("train/log"):
+                        last_metrics = self.log_window(time.perf_counter() - window_start, window_images)
+                        accelerator.log(last_metrics, step=progress.step)
+                        bar.set_postfix(loss=f"{last_metrics.get('train/loss', float('nan')):.4f}")
                     window_start, window_images = time.perf_counter(), 0
                 if cfg.eval_every and progress.step % cfg.eval_every == 0 and progress.step < plan.total_steps:
                     self.validate()
