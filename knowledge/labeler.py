@@ -161,8 +161,8 @@ ENTITY_EXCLUSIONS = {"fracture": frozenset({"screw", "screws", "wire", "wires", 
 _ORDINAL_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "approx", "e.g", "i.e", "fig", "st"}
 FILLER_WORDS = frozenset({"mildly", "moderately", "severely", "markedly", "slightly", "minimally", "somewhat",
                           "xxxx"})
-"""Degree adverbs (and "xxxx", the mark de-identification leaves) skipped while matching, so "heart size is mildly
-enlarged" matches "heart size is enlarged"."""
+"""Degree adverbs (and "xxxx", the mark de-identification leaves) skipped while matching, so "heart size
+is mildly enlarged" matches "heart size is enlarged"."""
 _SECTION_HEADER = re.compile(r"(?:^|\n)[ \t]?([A-Z][A-Z ()/,&-]*[A-Z)])[ \t]*:", re.MULTILINE)
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*|[;:?,/]")
 """Words split at hyphens ("fracture-dislocation", "mass-like"), as vocabulary phrases are."""
