@@ -13,9 +13,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A child process: one stage (writes a file, waits for the test's "go" file), run the way the CLI runs it:
-# a StageError/ConfigError is one line on stderr and exit 2.
-CHILD = textwrap.dedent("""
+# The stage both child scripts run: it marks that it started, then waits for the test's "go" file.
+GATED_STAGE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from devide.config import ConfigError, StageConfig
@@ -30,7 +29,9 @@ CHILD = textwrap.dedent("""
             time.sleep(0.02)
         (ctx.work_dir / "result.txt").write_text("done")
         return {"n": 1}
-
+""")
+# A child process: that stage run the way the CLI runs it (a StageError/ConfigError is one line, exit 2).
+CHILD = GATED_STAGE + textwrap.dedent("""
     out, gate = sys.argv[1], sys.argv[2]
     try:
         result = execute_stage(Stage("slow", Cfg, run), Cfg(out=out, gate=gate))
@@ -103,22 +104,9 @@ def test_lock_wait_lets_the_second_run_wait_for_the_first(tmp_path, monkeypatch)
 
 
 # A child process: `devide run` of a one-stage pipeline (the slow stage above), errors handled as the CLI does.
-PIPELINE_CHILD = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
+PIPELINE_CHILD = GATED_STAGE + textwrap.dedent("""
     from devide import cli
-    from devide.config import StageConfig
-    from devide.stage import Stage
     from pipelines import runner
-
-    class Cfg(StageConfig):
-        gate: str
-
-    def run(cfg, ctx):
-        (ctx.work_dir / "started").write_text("yes")
-        while not Path(cfg.gate).exists():
-            time.sleep(0.02)
-        return {}
 
     registry = {"slow": Stage("slow", Cfg, run)}
     real = runner.run_pipeline
